@@ -1,0 +1,242 @@
+"""The ``mlip-md`` command line.
+
+    mlip-md demo                         MD with the shipped Cu model (the main job)
+    mlip-md train data.extxyz -o m.pt    train an ensemble model
+    mlip-md check m.pt                   conformance check of a model file
+    mlip-md evaluate m.pt data.extxyz    errors of a model on labelled data
+    mlip-md info m.pt                    print a model's metadata
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+def _hidden(text: str):
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated layer widths like 64,64, got {text!r}")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train an ensemble model on labelled structures (extxyz)")
+    p.add_argument("data", type=Path, help="labelled structures (energy, forces, optional stress), e.g. extxyz")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.pt)")
+    p.add_argument("--valid", type=Path, help="validation structures (default: split off --val-fraction)")
+    p.add_argument("--test", type=Path, help="held-out structures to report errors on after training")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--ensemble", type=int, default=4, help="number of members K")
+    p.add_argument("--cutoff", type=float, default=5.5, help="cutoff radius in Å")
+    p.add_argument("--switch-width", type=float, default=1.0, help="width of the C^2 cutoff switch (Å)")
+    p.add_argument("--n-max", type=int, default=8, help="radial basis functions per element")
+    p.add_argument("--l-max", type=int, default=4, help="largest angular momentum")
+    p.add_argument("--hidden", type=_hidden, default=(64, 64), help="hidden layer widths, e.g. 64,64")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-3, help="initial learning rate (Adam)")
+    p.add_argument("--patience", type=int, default=25, help="early stopping patience in epochs")
+    p.add_argument("--energy-weight", type=float, default=100.0)
+    p.add_argument("--force-weight", type=float, default=1.0)
+    p.add_argument("--stress-weight", type=float, default=1000.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="training precision")
+    p.add_argument("--export-dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument("--workers", type=int, default=1, help="members trained in parallel processes")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: OUTPUT.ckpt)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--report", type=Path, help="JSON report (default: OUTPUT with .json)")
+    p.add_argument("--reference", default="unknown", help="reference method of the labels (provenance)")
+    p.add_argument("--init", type=Path, help="warm start from this model's weights (same architecture)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .model.io import load_potential
+    from .model.potential import ModelConfig
+    from .train.data import read_structures
+    from .train.fit import evaluate_errors
+    from .train.data import to_graph
+    from .train.loss import LossWeights
+    from .train.trainer import TrainConfig, split_train_val, train_ensemble
+    from ._atomic import atomic_write_text
+
+    frames = read_structures(args.data)
+    if args.valid:
+        train, val = frames, read_structures(args.valid)
+    else:
+        train, val = split_train_val(frames, args.val_fraction, args.seed)
+    numbers = sorted({int(z) for a in train + val for z in a.numbers})
+    model_config = ModelConfig(
+        atomic_numbers=numbers,
+        cutoff=args.cutoff,
+        switch_width=args.switch_width,
+        n_max=args.n_max,
+        l_max=args.l_max,
+        hidden=args.hidden,
+        ensemble_size=args.ensemble,
+    )
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        weights=LossWeights(args.energy_weight, args.force_weight, args.stress_weight),
+        dtype=args.dtype,
+        export_dtype=args.export_dtype,
+    )
+    checkpoint = args.checkpoint or args.output.with_suffix(args.output.suffix + ".ckpt")
+    bars = {}
+
+    def progress_factory(k: int, total: int):
+        if args.no_progress:
+            return None
+        bar = tqdm(total=args.epochs, desc=f"member {k + 1}/{total}", position=k if args.workers > 1 else 0,
+                   leave=True, dynamic_ncols=True)
+        bars[k] = bar
+
+        def update(record: dict) -> None:
+            bar.n = record["epoch"]
+            bar.set_postfix(F=f"{record['val_force_rmse']:.4f}", E=f"{record['val_energy_rmse_per_atom'] * 1e3:.2f}meV",
+                            lr=f"{record['lr']:.1e}", refresh=False)
+            bar.refresh()
+
+        return update
+
+    init = load_potential(args.init) if args.init else None
+    print(f"training {args.ensemble} members on {len(train)} structures (validation {len(val)}), "
+          f"elements {numbers}, checkpoints in {checkpoint}")
+    report = train_ensemble(
+        train, val, model_config, config, args.output,
+        checkpoint_dir=checkpoint, resume=args.resume, progress_factory=progress_factory,
+        reference=args.reference, init_from=init, workers=args.workers,
+    )
+    for bar in bars.values():
+        bar.close()
+    if args.test:
+        from .model.io import load_potential as reload
+
+        test = [to_graph(a, args.cutoff) for a in read_structures(args.test)]
+        report["test"] = evaluate_errors(reload(args.output), test)
+    report_path = args.report or args.output.with_suffix(".json")
+    atomic_write_text(report_path, json.dumps(report, indent=1))
+    _print_errors("validation", report["validation"])
+    if "test" in report:
+        _print_errors("test", report["test"])
+    print(f"wrote {args.output} and {report_path}")
+    return 0
+
+
+def _print_errors(name: str, errors: dict) -> None:
+    m = errors["mean"]
+    print(f"{name}: energy RMSE {m['energy_rmse_per_atom'] * 1e3:.2f} meV/atom, MAE {m['energy_mae_per_atom'] * 1e3:.2f}; "
+          f"force RMSE {m['force_rmse']:.4f} eV/Å, MAE {m['force_mae']:.4f}"
+          + (f"; stress RMSE {m['stress_rmse'] * 160.21766:.3f} GPa" if "stress_rmse" in m else "")
+          + f" ({errors['n_structures']} structures)")
+
+
+def cmd_check(args) -> int:
+    from .model.validate import validate_model
+
+    report = validate_model(args.model)
+    print(report.table())
+    if args.json:
+        from ._atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=1))
+    return 0 if report.passed else 1
+
+
+def cmd_evaluate(args) -> int:
+    from .model.io import load_potential
+    from .train.data import read_structures, to_graph
+    from .train.fit import evaluate_errors
+
+    module = load_potential(args.model)
+    graphs = [to_graph(a, module.cutoff) for a in read_structures(args.data)]
+    errors = evaluate_errors(module, graphs)
+    _print_errors(str(args.data), errors)
+    if args.json:
+        from ._atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(errors, indent=1))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .model.io import read_metadata, resolve_model_path
+
+    print(json.dumps(read_metadata(resolve_model_path(args.model)), indent=1))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    result = run_demo(model=args.model, steps=args.steps, temperature=args.temperature,
+                      timestep=args.timestep, supercell=args.supercell, seed=args.seed, device=args.device)
+    print("summary")
+    print(result.table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlip-md", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"mlip_md {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="NVE MD of Cu with a vacancy using the shipped model")
+    p.add_argument("--model", default=None, help="model file (default: shipped Cu model)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=600.0, help="target temperature in K")
+    p.add_argument("--timestep", type=float, default=1.0, help="fs")
+    p.add_argument("--supercell", type=int, default=3, help="fcc cubic cell repeats (3 -> 107 atoms)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=cmd_demo)
+
+    _add_train(sub)
+
+    p = sub.add_parser("check", help="conformance check of a model file (exit 1 on failure)")
+    p.add_argument("model", nargs="?", default=None, help="model file (default: shipped model)")
+    p.add_argument("--json", type=Path, help="also write the report as JSON")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("evaluate", help="energy/force errors of a model on labelled data")
+    p.add_argument("model", type=Path)
+    p.add_argument("data", type=Path)
+    p.add_argument("--json", type=Path)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("info", help="print a model file's metadata")
+    p.add_argument("model", nargs="?", default=None)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ase.calculators.calculator import CalculatorError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CalculatorError, FileNotFoundError, ValueError, FileExistsError) as exc:
+        print(f"mlip-md {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mlip-md {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Host-side assembly of forces and virial from edge gradients (DESIGN.md contract).
+
+g_ij = dE/d(r_ij) with r_ij = r_j - r_i, so F_i += g_ij, F_j -= g_ij and the virial is
+W = -sum_ij r_ij (x) g_ij (eV). The stress in ASE's convention is sigma = -W^T / V (eV/Å^3).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def forces_from_edge_grad(
+    edge_grad: torch.Tensor, edge_index: torch.Tensor, n_atoms: int
+) -> torch.Tensor:
+    """Forces [n_atoms, 3] (eV/Å) from edge_grad [E, 3] and edge_index [2, E]."""
+    forces = torch.zeros((n_atoms, 3), dtype=edge_grad.dtype, device=edge_grad.device)
+    forces.index_add_(0, edge_index[0], edge_grad)
+    forces.index_add_(0, edge_index[1], edge_grad, alpha=-1.0)
+    return forces
+
+
+def member_forces_from_edge_grad(
+    member_edge_grad: torch.Tensor, edge_index: torch.Tensor, n_atoms: int
+) -> torch.Tensor:
+    """Per-member forces [K, n_atoms, 3] from member_edge_grad [K, E, 3]."""
+    k = member_edge_grad.shape[0]
+    forces = torch.zeros((k, n_atoms, 3), dtype=member_edge_grad.dtype, device=member_edge_grad.device)
+    forces.index_add_(1, edge_index[0], member_edge_grad)
+    forces.index_add_(1, edge_index[1], member_edge_grad, alpha=-1.0)
+    return forces
+
+
+def virial_from_edge_grad(edge_grad: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
+    """Virial W [3, 3] in eV: W_ab = -sum_e r_e,a g_e,b."""
+    return -(edge_vectors.transpose(0, 1) @ edge_grad)
+
+
+def stress_from_virial(virial: torch.Tensor, volume: float) -> torch.Tensor:
+    """Full 3x3 stress (ASE sign convention, eV/Å^3) from the virial."""
+    return -virial.transpose(0, 1) / volume

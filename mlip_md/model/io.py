@@ -1,0 +1,251 @@
+"""One-file model format: TorchScript module + JSON metadata stored inside (``_extra_files``).
+
+Python and C++ (``torch::jit::load(path, device, extra_files)``) read the same file. The
+metadata entry is ``mlip_md.json``; see :func:`build_metadata` for its fields.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import ase.data
+import torch
+
+from .. import __version__
+from .._atomic import atomic_path
+from ..errors import ModelFileError
+from .potential import MLIPotential, ModelConfig
+
+METADATA_NAME = "mlip_md.json"
+FORMAT_NAME = "mlip_md.model"
+FORMAT_VERSION = 1
+UNITS = {"length": "angstrom", "energy": "eV", "force": "eV/angstrom", "stress": "eV/angstrom^3"}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def default_model_path() -> Path:
+    """The Cu model shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "data" / "cu_default.pt"
+
+
+def resolve_model_path(path: Optional[PathLike]) -> Path:
+    """``None`` or ``"default"`` -> the shipped model; otherwise the given path."""
+    if path is None or str(path) == "default":
+        return default_model_path()
+    return Path(path)
+
+
+def build_metadata(module: MLIPotential, dtype: str, extra: Optional[Dict[str, Any]] = None) -> dict:
+    """Metadata for ``module``: format, elements, cutoff, dtype, ensemble, calibration, units."""
+    numbers = [int(z) for z in module.atomic_numbers.tolist()]
+    meta: Dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "mlip_md_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "architecture": "power_spectrum_ensemble_mlp",
+        "model_config": module.config.to_dict(),
+        "atomic_numbers": numbers,
+        "elements": [ase.data.chemical_symbols[z] for z in numbers],
+        "cutoff": float(module.cutoff),
+        "dtype": dtype,
+        "ensemble_size": int(module.n_members),
+        "n_features": int(module.n_features),
+        "calibration": {
+            "energy_variance_scale": float(module.energy_variance_scale),
+            "force_variance_scale": float(module.force_variance_scale),
+        },
+        "monitors": {},
+        "provenance": {},
+        "units": dict(UNITS),
+    }
+    if extra:
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(meta.get(key), dict):
+                meta[key].update(value)
+            else:
+                meta[key] = value
+    return meta
+
+
+def save_model(
+    module: MLIPotential,
+    path: PathLike,
+    dtype: str = "float64",
+    metadata: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Script ``module`` (in eval mode, converted to ``dtype``) and write it atomically."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    was_training = module.training
+    module = module.eval()
+    original_dtype = module.feature_mean.dtype
+    module.to(DTYPES[dtype])
+    try:
+        scripted = torch.jit.script(module)
+        meta = build_metadata(module, dtype, metadata)
+        with atomic_path(path) as tmp:
+            torch.jit.save(scripted, str(tmp), _extra_files={METADATA_NAME: json.dumps(meta, indent=1)})
+    finally:
+        module.to(original_dtype)
+        module.train(was_training)
+    return Path(path)
+
+
+def read_metadata(path: PathLike) -> dict:
+    """Read and check only the metadata of a model file (cheap: no TorchScript load)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist; pass the path of a .pt file written by mlip-md train")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"model file {path} is not a TorchScript archive (corrupt or truncated?); "
+            "re-export it with mlip_md.model.save_model or mlip-md train"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/extra/" + METADATA_NAME)]
+            if not names:
+                raise ModelFileError(
+                    f"{path} is a TorchScript file but not an mlip_md model (no {METADATA_NAME} "
+                    "metadata); export models with mlip_md.model.save_model"
+                )
+            meta = json.loads(archive.read(names[0]).decode())
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise ModelFileError(f"model file {path} is corrupt ({exc}); re-export it") from exc
+    check_metadata(meta, path)
+    return meta
+
+
+def check_metadata(meta: dict, path: PathLike) -> None:
+    if meta.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path} is not an mlip_md model (metadata format {meta.get('format')!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise ModelFileError(f"{path}: metadata has no integer format_version; re-export the model")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} was written in model format {version}, newer than this mlip_md "
+            f"{__version__} reads (format {FORMAT_VERSION}); upgrade mlip_md"
+        )
+    for key in ("atomic_numbers", "cutoff", "dtype", "ensemble_size"):
+        if key not in meta:
+            raise ModelFileError(f"{path}: metadata lacks {key!r}; re-export the model")
+
+
+class ExportedModel:
+    """A loaded model file: the TorchScript module, its metadata and the device it lives on.
+
+    Calling it runs the contract with grad mode on (forces come from autograd) and inputs
+    converted to the model's dtype and device.
+    """
+
+    def __init__(self, module: torch.jit.ScriptModule, metadata: dict, path: Optional[Path] = None):
+        self.module = module
+        self.metadata = metadata
+        self.path = path
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def load(cls, path: Optional[PathLike] = None, device: str = "cpu") -> "ExportedModel":
+        path = resolve_model_path(path)
+        meta = read_metadata(path)
+        try:
+            module = torch.jit.load(str(path), map_location=device)
+        except Exception as exc:  # torch raises RuntimeError subclasses with long traces
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"could not load TorchScript model {path}: {first}; re-export it") from exc
+        module.eval()
+        model = cls(module, meta, path)
+        model.device = torch.device(device)
+        return model
+
+    # --------------------------------------------------------------- properties
+    @property
+    def cutoff(self) -> float:
+        """Interaction cutoff in Å."""
+        return float(self.metadata["cutoff"])
+
+    @property
+    def atomic_numbers(self) -> list:
+        return list(self.metadata["atomic_numbers"])
+
+    @property
+    def elements(self) -> list:
+        return [ase.data.chemical_symbols[z] for z in self.atomic_numbers]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.metadata["dtype"]]
+
+    @property
+    def ensemble_size(self) -> int:
+        return int(self.metadata["ensemble_size"])
+
+    @property
+    def monitor_thresholds(self) -> dict:
+        return dict(self.metadata.get("monitors", {}))
+
+    def to(self, device: str) -> "ExportedModel":
+        self.module.to(device)
+        self.device = torch.device(device)
+        return self
+
+    def check_elements(self, numbers) -> None:
+        """Raise UnknownElementError naming unknown elements and the known ones."""
+        from ..errors import UnknownElementError
+
+        known = set(self.atomic_numbers)
+        unknown = sorted({int(z) for z in numbers} - known)
+        if unknown:
+            names = ", ".join(ase.data.chemical_symbols[z] if 0 < z < len(ase.data.chemical_symbols) else str(z) for z in unknown)
+            raise UnknownElementError(
+                f"element(s) {names} unknown to model {self.path}; it was trained on "
+                f"{', '.join(self.elements)}. Use a model trained on these elements."
+            )
+
+    def __call__(
+        self,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_local: int,
+        monitors: bool = True,
+        force_sigma: bool = False,
+    ) -> Dict[str, torch.Tensor]:
+        with torch.enable_grad():
+            return self.module.evaluate(
+                species.to(self.device),
+                edge_index.to(self.device),
+                edge_vectors.to(device=self.device, dtype=self.dtype),
+                int(n_local),
+                monitors,
+                force_sigma,
+            )
+
+    def save(self, path: PathLike) -> Path:
+        """Write module and (possibly updated) metadata atomically."""
+        with atomic_path(path) as tmp:
+            torch.jit.save(self.module, str(tmp), _extra_files={METADATA_NAME: json.dumps(self.metadata, indent=1)})
+        return Path(path)
+
+
+def load_model(path: Optional[PathLike] = None, device: str = "cpu") -> ExportedModel:
+    """Load a model file (``None``/"default": the shipped Cu model)."""
+    return ExportedModel.load(path, device=device)
+
+
+def load_potential(path: PathLike) -> MLIPotential:
+    """Rebuild the trainable Python module (for fine-tuning / warm starts) from a model file."""
+    model = ExportedModel.load(path)
+    config = ModelConfig.from_dict(model.metadata["model_config"])
+    module = MLIPotential(config)
+    state = {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in model.module.state_dict().items()}
+    module.load_state_dict(state)
+    return module.to(torch.float64)

@@ -1,0 +1,246 @@
+"""The built-in potential: power-spectrum descriptor -> per-element ensemble MLPs.
+
+The module is TorchScript-able and implements the exported-model contract of DESIGN.md:
+
+    forward(species int64 [N_all] (atomic numbers), edge_index int64 [2, E] (row 0: centre i <
+            n_local, row 1: neighbour j, any atom), edge_vectors float [E, 3] (r_j - r_i, Å),
+            n_local int) -> Dict[str, Tensor]
+
+All energies are eV, lengths Å. Forces and virial are assembled by the host from ``edge_grad``
+(see :mod:`mlip_md.model.assemble`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Tuple
+
+import torch
+
+from .descriptor import PowerSpectrum
+from .readout import EnsembleReadout
+
+MAX_ATOMIC_NUMBER = 118
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Hyper-parameters of :class:`MLIPotential` (lengths in Å)."""
+
+    atomic_numbers: List[int]
+    cutoff: float = 5.5
+    switch_width: float = 1.0
+    n_max: int = 8
+    l_max: int = 4
+    hidden: Tuple[int, ...] = (64, 64)
+    ensemble_size: int = 4
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["hidden"] = tuple(d.get("hidden", (64, 64)))
+        return cls(**d)
+
+
+class MLIPotential(torch.nn.Module):
+    """Strictly local ensemble potential; see the module docstring for the call contract.
+
+    Output keys (all for the n_local centre atoms):
+      atomic_energy [n], energy [] (sum), edge_grad [E, 3], energy_members [K, n],
+      features [n, D] (standardised descriptors), energy_sigma [n] (calibrated ensemble std, eV),
+      mahalanobis [n] (T^2 of the features against the training distribution of the element),
+      min_distance [n] (Å, inf without neighbours), min_distance_ratio [n] (min over neighbours
+      of r_ij / smallest r seen in training for that element pair; < 1 means closer than ever
+      seen), and ``force_sigma`` [n, 3] when requested through ``evaluate``.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        numbers = [int(z) for z in config.atomic_numbers]
+        if len(numbers) == 0 or len(set(numbers)) != len(numbers):
+            raise ValueError(f"atomic_numbers must be unique and non-empty, got {numbers}")
+        if any(z < 1 or z > MAX_ATOMIC_NUMBER for z in numbers):
+            raise ValueError(f"atomic numbers must be in 1..{MAX_ATOMIC_NUMBER}, got {numbers}")
+        self.config = config
+        self.cutoff = float(config.cutoff)
+        self.n_species = len(numbers)
+        self.n_members = int(config.ensemble_size)
+        self.known_elements = " ".join(str(z) for z in numbers)
+        lookup = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(numbers)] = torch.arange(len(numbers))
+        self.register_buffer("species_to_index", lookup)
+        self.register_buffer("atomic_numbers", torch.tensor(numbers, dtype=torch.long))
+        self.descriptor = PowerSpectrum(
+            len(numbers), config.cutoff, config.n_max, config.l_max, config.switch_width
+        )
+        n_features = self.descriptor.n_features
+        self.n_features = n_features
+        self.readout = EnsembleReadout(len(numbers), self.n_members, n_features, list(config.hidden))
+        self.readout.reset(seed=0)
+        # Normalisation, fitted on training data (see mlip_md.train).
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_scale", torch.ones(n_features))
+        self.register_buffer("atomic_reference_energy", torch.zeros(len(numbers)))
+        self.register_buffer("energy_scale", torch.ones(()))
+        # Calibration (variance scale alpha: sigma_cal = sqrt(alpha) * sigma).
+        self.register_buffer("energy_variance_scale", torch.ones(()))
+        self.register_buffer("force_variance_scale", torch.ones(()))
+        # Domain statistics of the training set.
+        self.register_buffer("domain_mean", torch.zeros(len(numbers), n_features))
+        self.register_buffer("domain_precision", torch.zeros(len(numbers), n_features, n_features))
+        self.register_buffer("pair_min_distance", torch.zeros(len(numbers), len(numbers)))
+
+    # ------------------------------------------------------------------ helpers
+    def species_index(self, species: torch.Tensor) -> torch.Tensor:
+        """Map atomic numbers [N] to 0..S-1, raising a clear error for unknown ones."""
+        if species.numel() > 0:
+            low = int(species.min())
+            high = int(species.max())
+            if low < 1 or high > 118:
+                raise ValueError(
+                    "atomic numbers must be in 1..118, got "
+                    + str(low) + ".." + str(high)
+                )
+        index = self.species_to_index[species]
+        if species.numel() > 0 and bool((index < 0).any()):
+            bad = int(species[index < 0][0])
+            raise ValueError(
+                "atomic number " + str(bad) + " is unknown to this model; it knows "
+                + self.known_elements
+            )
+        return index
+
+    def standardised_features(
+        self,
+        species_index: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_local: int,
+    ) -> torch.Tensor:
+        raw = self.descriptor(species_index, edge_index[0], edge_index[1], edge_vectors, n_local)
+        return (raw - self.feature_mean) / self.feature_scale
+
+    def member_energies(self, features: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
+        """Per-member atomic energies [K, n] in eV."""
+        raw = self.readout(features, local_species)
+        return raw * self.energy_scale + self.atomic_reference_energy[local_species]
+
+    def mahalanobis(self, features: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
+        delta = features - self.domain_mean[local_species]
+        if self.n_species == 1:
+            projected = delta @ self.domain_precision[0]
+        else:
+            projected = torch.bmm(
+                delta.unsqueeze(1), self.domain_precision[local_species]
+            ).squeeze(1)
+        return (projected * delta).sum(dim=1)
+
+    def contact_distances(
+        self,
+        species_index: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_local: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom nearest-neighbour distance (Å) and its ratio to the training minimum."""
+        r = torch.linalg.vector_norm(edge_vectors.detach(), dim=1)
+        reference = self.pair_min_distance[
+            species_index[edge_index[0]], species_index[edge_index[1]]
+        ]
+        ratio = r / reference.clamp_min(1e-12)
+        inf = torch.full((n_local,), float("inf"), dtype=r.dtype, device=r.device)
+        nearest = inf.scatter_reduce(0, edge_index[0], r, reduce="amin", include_self=True)
+        nearest_ratio = inf.scatter_reduce(0, edge_index[0], ratio, reduce="amin", include_self=True)
+        return nearest, nearest_ratio
+
+    # ------------------------------------------------------------------ contract
+    @torch.jit.export
+    def evaluate(
+        self,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_local: int,
+        compute_monitors: bool,
+        compute_force_sigma: bool,
+    ) -> Dict[str, torch.Tensor]:
+        """The contract call with switches for the optional outputs (see class docstring)."""
+        if not torch.is_grad_enabled():
+            raise RuntimeError(
+                "mlip_md models compute forces with autograd: call them with grad mode "
+                "enabled (not inside torch.no_grad())"
+            )
+        if edge_vectors.dtype != self.feature_mean.dtype:
+            raise ValueError(
+                "edge_vectors dtype does not match the model dtype; convert the inputs "
+                "(model.to(dtype)) before calling"
+            )
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError("edge_index must have shape [2, E]")
+        if edge_vectors.dim() != 2 or edge_vectors.shape[1] != 3 or edge_vectors.shape[0] != edge_index.shape[1]:
+            raise ValueError("edge_vectors must have shape [E, 3] matching edge_index [2, E]")
+        if n_local < 0 or n_local > species.shape[0]:
+            raise ValueError("n_local must be between 0 and the number of atoms")
+        species_index = self.species_index(species)
+        local_species = species_index[:n_local]
+        if self.training:
+            vectors = edge_vectors
+            if not vectors.requires_grad:
+                vectors = vectors.requires_grad_(True)
+        else:
+            vectors = edge_vectors.detach().requires_grad_(True)
+        features = self.standardised_features(species_index, edge_index, vectors, n_local)
+        members = self.member_energies(features, local_species)  # [K, n]
+        atomic_energy = members.mean(dim=0)
+        total = atomic_energy.sum()
+        grads = torch.autograd.grad(
+            [total], [vectors], create_graph=self.training, allow_unused=True,
+            retain_graph=self.training or compute_force_sigma,
+        )
+        edge_grad = grads[0]
+        if edge_grad is None:
+            edge_grad = torch.zeros_like(vectors)
+        out: Dict[str, torch.Tensor] = {
+            "atomic_energy": atomic_energy if self.training else atomic_energy.detach(),
+            "energy": total if self.training else total.detach(),
+            "edge_grad": edge_grad,
+            "energy_members": members if self.training else members.detach(),
+        }
+        if compute_monitors:
+            detached = features.detach()
+            out["features"] = detached
+            if self.n_members > 1:
+                sigma = members.detach().std(dim=0)
+            else:
+                sigma = torch.zeros_like(atomic_energy.detach())
+            out["energy_sigma"] = sigma * torch.sqrt(self.energy_variance_scale)
+            out["mahalanobis"] = self.mahalanobis(detached, local_species)
+            nearest, ratio = self.contact_distances(species_index, edge_index, edge_vectors, n_local)
+            out["min_distance"] = nearest
+            out["min_distance_ratio"] = ratio
+        if compute_force_sigma:
+            out["member_edge_grad"] = self.member_edge_grads(members, vectors)
+        return out
+
+    def member_edge_grads(self, members: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """dE_k/d(edge_vectors) for every member k: [K, E, 3]."""
+        grads: List[torch.Tensor] = []
+        for k in range(self.n_members):
+            g = torch.autograd.grad(
+                [members[k].sum()], [vectors], retain_graph=True, allow_unused=True
+            )[0]
+            grads.append(torch.zeros_like(vectors) if g is None else g)
+        return torch.stack(grads, dim=0)
+
+    def forward(
+        self,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_local: int,
+    ) -> Dict[str, torch.Tensor]:
+        return self.evaluate(species, edge_index, edge_vectors, n_local, True, False)

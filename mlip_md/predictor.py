@@ -1,0 +1,159 @@
+"""Evaluate an exported model on one structure: input checks, neighbour list, model call,
+assembly of forces / virial / stress, and the per-atom monitor values.
+
+This is the single place where the Python engines (ASE calculator, i-PI driver, workflows)
+turn positions into predictions. Units: Å, eV, eV/Å, eV/Å^3 (ASE stress sign).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional, Union
+
+import ase
+import ase.data
+import numpy as np
+import torch
+
+from .errors import InvalidStructureError
+from .model.assemble import (
+    forces_from_edge_grad,
+    member_forces_from_edge_grad,
+    stress_from_virial,
+    virial_from_edge_grad,
+)
+from .model.io import ExportedModel, load_model
+from .neighbors import neighbor_list
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Results for one structure of N atoms with a K-member model."""
+
+    energy: float  # eV
+    energies: np.ndarray  # [N] eV (ensemble mean)
+    forces: np.ndarray  # [N, 3] eV/Å
+    virial: np.ndarray  # [3, 3] eV
+    stress: Optional[np.ndarray]  # [3, 3] eV/Å^3, None unless periodic in 3D
+    energy_members: np.ndarray  # [K, N] eV
+    energy_uncertainty: float = 0.0  # calibrated std of the total energy over members, eV
+    energy_sigma: Optional[np.ndarray] = None  # [N] eV (calibrated)
+    mahalanobis: Optional[np.ndarray] = None  # [N]
+    min_distance: Optional[np.ndarray] = None  # [N] Å
+    min_distance_ratio: Optional[np.ndarray] = None  # [N]
+    features: Optional[np.ndarray] = None  # [N, D]
+    force_members: Optional[np.ndarray] = None  # [K, N, 3] eV/Å
+    force_sigma: Optional[np.ndarray] = None  # [N, 3] eV/Å (calibrated)
+
+    @property
+    def close_contacts(self) -> np.ndarray:
+        """Indices of atoms closer to a neighbour than any pair seen in training."""
+        if self.min_distance_ratio is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.min_distance_ratio < 1.0)
+
+
+def check_structure(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -> None:
+    """Raise InvalidStructureError for empty structures and non-finite coordinates."""
+    if len(numbers) == 0:
+        raise InvalidStructureError("the structure has no atoms; nothing to evaluate")
+    if positions.shape != (len(numbers), 3):
+        raise InvalidStructureError(f"positions must have shape [{len(numbers)}, 3], got {positions.shape}")
+    bad = ~np.isfinite(positions).all(axis=1)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise InvalidStructureError(
+            f"positions of atom(s) {idx[:10].tolist()} are NaN or infinite; the structure "
+            "(or the MD run producing it) is broken — check the time step and the input"
+        )
+    if not np.isfinite(cell).all():
+        raise InvalidStructureError("the cell contains NaN or infinite values")
+
+
+class Predictor:
+    """Evaluates a model on structures; holds the model and its calibration.
+
+    ``model`` is an ExportedModel, a path, or None for the shipped default model.
+    """
+
+    def __init__(self, model: Union[ExportedModel, str, Path, None] = None, device: str = "cpu"):
+        if isinstance(model, ExportedModel):
+            self.model = model.to(device)
+        else:
+            self.model = load_model(model, device=device)
+        self.device = device
+        calibration = self.model.metadata.get("calibration", {})
+        self.force_scale = float(np.sqrt(calibration.get("force_variance_scale", 1.0)))
+        self.energy_scale = float(np.sqrt(calibration.get("energy_variance_scale", 1.0)))
+
+    @property
+    def cutoff(self) -> float:
+        return self.model.cutoff
+
+    def predict_atoms(self, atoms: ase.Atoms, monitors: bool = True, force_sigma: bool = False) -> Prediction:
+        return self.predict(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, monitors, force_sigma)
+
+    def predict(
+        self,
+        numbers,
+        positions,
+        cell,
+        pbc,
+        monitors: bool = True,
+        force_sigma: bool = False,
+    ) -> Prediction:
+        numbers = np.asarray(numbers, dtype=np.int64)
+        positions = np.asarray(positions, dtype=np.float64)
+        cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        check_structure(numbers, positions, cell)
+        self.model.check_elements(numbers)
+        try:
+            nl = neighbor_list(positions, cell, pbc, self.cutoff, vectors=True, distances=True)
+        except ValueError as exc:
+            raise InvalidStructureError(str(exc)) from exc
+        if nl.distances.size and nl.distances.min() <= 1e-8:
+            k = int(np.argmin(nl.distances))
+            raise InvalidStructureError(
+                f"atoms {int(nl.i[k])} and {int(nl.j[k])} sit on top of each other (distance "
+                f"{nl.distances[k]:.2e} Å); remove the duplicate atom"
+            )
+        n = len(numbers)
+        edge_index = torch.from_numpy(np.stack([nl.i, nl.j]))
+        vectors = torch.from_numpy(nl.vectors)
+        out = self.model(torch.from_numpy(numbers), edge_index, vectors, n, monitors, force_sigma)
+        return self._assemble(out, edge_index, vectors, n, cell, pbc, force_sigma)
+
+    def _assemble(self, out, edge_index, vectors, n, cell, pbc, force_sigma) -> Prediction:
+        device = self.model.device
+        edge_index = edge_index.to(device)
+        grad = out["edge_grad"].detach().to(torch.float64)
+        vectors64 = vectors.to(device=device, dtype=torch.float64)
+        forces = forces_from_edge_grad(grad, edge_index, n)
+        virial = virial_from_edge_grad(grad, vectors64)
+        volume = abs(float(np.linalg.det(cell)))
+        stress = None
+        if bool(np.all(pbc)) and volume > 0:
+            stress = stress_from_virial(virial, volume).cpu().numpy()
+        members = out["energy_members"].detach().to(torch.float64).cpu().numpy()
+        totals = members.sum(axis=1)
+        energies = out["atomic_energy"].detach().to(torch.float64).cpu().numpy()
+        pred = Prediction(
+            energy=float(energies.sum()),
+            energies=energies,
+            forces=forces.cpu().numpy(),
+            virial=virial.cpu().numpy(),
+            stress=stress,
+            energy_members=members,
+            energy_uncertainty=float(totals.std(ddof=1) * self.energy_scale) if len(totals) > 1 else 0.0,
+        )
+        for key in ("energy_sigma", "mahalanobis", "min_distance", "min_distance_ratio", "features"):
+            if key in out:
+                setattr(pred, key, out[key].detach().to(torch.float64).cpu().numpy())
+        if force_sigma and "member_edge_grad" in out:
+            fm = member_forces_from_edge_grad(out["member_edge_grad"].detach().to(torch.float64), edge_index, n)
+            pred.force_members = fm.cpu().numpy()
+            k = pred.force_members.shape[0]
+            std = pred.force_members.std(axis=0, ddof=1) if k > 1 else np.zeros_like(pred.forces)
+            pred.force_sigma = std * self.force_scale
+        return pred
