@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -61,7 +62,7 @@ def build_metadata(module: MLIPotential, dtype: str, extra: Optional[Dict[str, A
             "energy_variance_scale": float(module.energy_variance_scale),
             "force_variance_scale": float(module.force_variance_scale),
         },
-        "monitors": {},
+        "monitors": {"pair_min_distance": _pair_min_distances(module, numbers)},
         "provenance": {},
         "units": dict(UNITS),
     }
@@ -72,6 +73,13 @@ def build_metadata(module: MLIPotential, dtype: str, extra: Optional[Dict[str, A
             else:
                 meta[key] = value
     return meta
+
+
+def _pair_min_distances(module: MLIPotential, numbers: list) -> Dict[str, float]:
+    table = module.pair_min_distance
+    return {
+        f"{za}-{zb}": float(table[a, b]) for a, za in enumerate(numbers) for b, zb in enumerate(numbers)
+    }
 
 
 def save_model(
@@ -88,7 +96,10 @@ def save_model(
     original_dtype = module.feature_mean.dtype
     module.to(DTYPES[dtype])
     try:
-        scripted = torch.jit.script(module)
+        with warnings.catch_warnings():
+            # TorchScript is the portable format of DESIGN.md (libtorch loads it in LAMMPS)
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=DeprecationWarning)
+            scripted = torch.jit.script(module)
         meta = build_metadata(module, dtype, metadata)
         with atomic_path(path) as tmp:
             torch.jit.save(scripted, str(tmp), _extra_files={METADATA_NAME: json.dumps(meta, indent=1)})
@@ -157,7 +168,9 @@ class ExportedModel:
         path = resolve_model_path(path)
         meta = read_metadata(path)
         try:
-            module = torch.jit.load(str(path), map_location=device)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=device)
         except Exception as exc:  # torch raises RuntimeError subclasses with long traces
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"could not load TorchScript model {path}: {first}; re-export it") from exc

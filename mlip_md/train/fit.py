@@ -104,15 +104,7 @@ def fit_domain_statistics(
     unseen = ~torch.isfinite(closest)
     closest[unseen] = 0.0  # unseen pairs: no reference, ratio stays large
     model.pair_min_distance.copy_(closest)
-    numbers = model.atomic_numbers.tolist()
-    return {
-        "mahalanobis": {"quantile": quantile, "shrinkage": shrinkage, "per_element": thresholds},
-        "pair_min_distance": {
-            f"{numbers[a]}-{numbers[b]}": float(closest[a, b])
-            for a in range(n_species)
-            for b in range(n_species)
-        },
-    }
+    return {"mahalanobis": {"quantile": quantile, "shrinkage": shrinkage, "per_element": thresholds}}
 
 
 def evaluate_errors(model: MLIPotential, graphs: Sequence[LabelledGraph], batch_size: int = 16) -> Dict[str, object]:

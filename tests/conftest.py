@@ -1,0 +1,77 @@
+"""Shared fixtures: small labelled EMT data sets and quickly trained tiny models."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from mlip_md.model.potential import MLIPotential, ModelConfig
+from mlip_md.train.data import to_graph
+from mlip_md.train.fit import fit_domain_statistics, fit_normalisation
+
+TINY = dict(cutoff=4.5, switch_width=1.0, n_max=4, l_max=2, hidden=(16, 16))
+
+
+def labelled(atoms, calc=None):
+    """Attach reference energy/forces/stress (EMT by default) as a SinglePointCalculator."""
+    atoms.calc = calc or EMT()
+    results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    if atoms.pbc.all():
+        results["stress"] = atoms.get_stress()
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def emt_cu_frames(n: int, seed: int = 0, repeat: int = 2):
+    """Rattled, strained fcc Cu cells (some with a vacancy) labelled with EMT."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6 * (1 + rng.uniform(-0.02, 0.02)), cubic=True).repeat(repeat)
+        if k % 3 == 0:
+            del atoms[int(rng.integers(len(atoms)))]
+        strain = np.eye(3) + rng.uniform(-0.015, 0.015, (3, 3))
+        atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+        atoms.positions += rng.normal(scale=0.06, size=atoms.positions.shape)
+        frames.append(labelled(atoms))
+    return frames
+
+
+@pytest.fixture(scope="session")
+def emt_frames():
+    return emt_cu_frames(30)
+
+
+def fitted_potential(frames, ensemble_size: int = 3, seed: int = 0, **config) -> MLIPotential:
+    """An untrained (random-weight) potential with normalisation and domain statistics fitted
+    to ``frames``: physically meaningless, but exercises every code path."""
+    cfg = ModelConfig(atomic_numbers=sorted({int(z) for a in frames for z in a.numbers}),
+                      ensemble_size=ensemble_size, **{**TINY, **config})
+    model = MLIPotential(cfg).double()
+    graphs = [to_graph(a, cfg.cutoff) for a in frames]
+    fit_normalisation(model, graphs)
+    fit_domain_statistics(model, graphs)
+    model.readout.reset(seed=seed)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def random_potential(emt_frames):
+    return fitted_potential(emt_frames)
+
+
+@pytest.fixture(scope="session")
+def trained_model_path(tmp_path_factory, emt_frames):
+    """A tiny K = 2 ensemble trained for a few epochs on EMT Cu (exported float64)."""
+    from mlip_md.train.trainer import TrainConfig, split_train_val, train_ensemble
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("trained") / "tiny.pt"
+    train, val = split_train_val(emt_frames, 0.2, seed=0)
+    config = ModelConfig(atomic_numbers=[29], ensemble_size=2, **TINY)
+    report = train_ensemble(train, val, config, TrainConfig(epochs=6, batch_size=4), out, reference="emt")
+    out.with_suffix(".report").write_text(str(report["validation"]["mean"]))
+    return out

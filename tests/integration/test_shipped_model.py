@@ -1,0 +1,69 @@
+"""The shipped default Cu model: conformance, accuracy on the held-out test split (the
+README's figures), energy conservation in NVE, and the main job (`mlip-md demo`)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from ase import units
+from ase.io import read
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.verlet import VelocityVerlet
+
+from mlip_md import MLIPCalculator
+from mlip_md.demo import vacancy_cell
+from mlip_md.model.io import default_model_path, load_potential, read_metadata
+from mlip_md.model.validate import validate_model
+from mlip_md.train.data import to_graph
+from mlip_md.train.fit import evaluate_errors
+
+TEST_SPLIT = default_model_path().parent / "cu_test.extxyz.gz"
+
+
+def test_shipped_model_passes_conformance():
+    report = validate_model()
+    assert report.passed, report.table()
+
+
+def test_shipped_model_metadata():
+    meta = read_metadata(default_model_path())
+    assert meta["elements"] == ["Cu"] and meta["ensemble_size"] >= 4
+    assert meta["provenance"]["reference"] == "lammps:eam/alloy:Cu_mishin1.eam.alloy"
+    assert meta["dtype"] == "float64"
+
+
+def test_shipped_model_accuracy_on_held_out_test_split():
+    frames = read(TEST_SPLIT, ":")
+    assert len(frames) >= 100
+    module = load_potential(default_model_path())
+    errors = evaluate_errors(module, [to_graph(a, module.cutoff) for a in frames])
+    assert errors["mean"]["force_rmse"] <= 0.04, errors["mean"]
+    assert errors["mean"]["energy_rmse_per_atom"] <= 0.002, errors["mean"]
+
+
+def test_nve_energy_conservation():
+    atoms = vacancy_cell(3)
+    atoms.calc = MLIPCalculator()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=1200, rng=np.random.default_rng(1))
+    Stationary(atoms)
+    dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    totals = []
+    for _ in range(500):
+        dyn.run(1)
+        totals.append(atoms.get_total_energy() / len(atoms))
+    totals = np.asarray(totals)
+    drift = np.polyfit(np.arange(len(totals)) * 1e-3, totals, 1)[0]  # eV/atom/ps
+    assert abs(drift) < 1e-3, f"drift {drift * 1e3:.3f} meV/atom/ps"
+    assert totals.std() < 1e-3
+
+
+def test_main_job_demo_runs():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mlip_md.cli", "demo", "--steps", "60"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "summary" in out and "katom-steps/s" in out and "energy drift" in out
+    assert "energy sigma per atom" in out and "max Mahalanobis" in out

@@ -1,0 +1,120 @@
+"""The one-file model format: round trip, metadata, and clear errors for bad files."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+import torch
+from ase.calculators.calculator import CalculatorSetupError
+
+from mlip_md.errors import ModelFileError
+from mlip_md.model.io import FORMAT_VERSION, METADATA_NAME, load_model, load_potential, read_metadata, save_model
+
+
+@pytest.fixture()
+def saved(tmp_path, random_potential):
+    path = tmp_path / "m.pt"
+    save_model(random_potential, path, metadata={"provenance": {"reference": "emt"}})
+    return path
+
+
+def test_round_trip_metadata_and_values(saved, random_potential):
+    meta = read_metadata(saved)
+    assert meta["format"] == "mlip_md.model" and meta["format_version"] == FORMAT_VERSION
+    assert meta["atomic_numbers"] == [29] and meta["elements"] == ["Cu"]
+    assert meta["cutoff"] == pytest.approx(random_potential.cutoff)
+    assert meta["dtype"] == "float64" and meta["ensemble_size"] == 3
+    assert meta["units"]["energy"] == "eV" and meta["provenance"]["reference"] == "emt"
+    assert "calibration" in meta and "monitors" in meta
+    model = load_model(saved)
+    species = torch.tensor([29, 29])
+    ei = torch.tensor([[0, 1], [1, 0]])
+    vec = torch.tensor([[2.5, 0.1, 0.0], [-2.5, -0.1, 0.0]], dtype=torch.float64)
+    a = model(species, ei, vec, 2)
+    with torch.enable_grad():
+        b = random_potential.evaluate(species, ei, vec, 2, True, False)
+    torch.testing.assert_close(a["atomic_energy"], b["atomic_energy"].detach())
+    torch.testing.assert_close(a["edge_grad"], b["edge_grad"].detach())
+
+
+def test_metadata_is_readable_by_torch_extra_files(saved):
+    # the same route libtorch's torch::jit::load(path, device, extra_files) takes in C++
+    extra = {METADATA_NAME: ""}
+    torch.jit.load(str(saved), _extra_files=extra)
+    assert json.loads(extra[METADATA_NAME])["cutoff"] > 0
+
+
+def test_float32_export(tmp_path, random_potential):
+    path = save_model(random_potential, tmp_path / "m32.pt", dtype="float32")
+    model = load_model(path)
+    assert model.dtype == torch.float32
+    assert random_potential.feature_mean.dtype == torch.float64  # caller's module untouched
+    out = model(torch.tensor([29, 29]), torch.tensor([[0, 1], [1, 0]]),
+                torch.tensor([[2.5, 0.0, 0.0], [-2.5, 0.0, 0.0]]), 2)
+    assert out["atomic_energy"].dtype == torch.float32
+
+
+def test_load_potential_rebuilds_trainable_module(saved, random_potential):
+    module = load_potential(saved)
+    for (name, a), b in zip(module.state_dict().items(), random_potential.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "nope.pt")
+
+
+def test_truncated_file(tmp_path, saved):
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(saved.read_bytes()[:2000])
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        load_model(bad)
+
+
+def test_garbage_file(tmp_path):
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"this is not a model" * 100)
+    with pytest.raises(ModelFileError, match="not a TorchScript archive"):
+        load_model(bad)
+
+
+def test_torchscript_without_metadata_is_not_an_mlip_md_model(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with pytest.raises(ModelFileError, match="not an mlip_md model"):
+        load_model(path)
+
+
+def test_newer_format_version_asks_to_upgrade(tmp_path, saved):
+    newer = tmp_path / "newer.pt"
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(newer, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith(METADATA_NAME):
+                meta = json.loads(data)
+                meta["format_version"] = FORMAT_VERSION + 1
+                data = json.dumps(meta).encode()
+            dst.writestr(item, data)
+    with pytest.raises(ModelFileError, match="newer than this mlip_md .* upgrade mlip_md"):
+        load_model(newer)
+
+
+def test_model_file_errors_are_ase_setup_errors():
+    assert issubclass(ModelFileError, CalculatorSetupError)
+
+
+def test_save_is_atomic(tmp_path, random_potential, monkeypatch):
+    path = tmp_path / "m.pt"
+    save_model(random_potential, path)
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch.jit, "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_model(random_potential, path)
+    assert path.read_bytes() == before  # the old file survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary left behind
