@@ -21,3 +21,11 @@ class InvalidStructureError(CalculationFailed, ValueError):
 
 class CloseContactWarning(UserWarning):
     """Two atoms are closer than any pair of that element pair seen in training."""
+
+
+class ProtocolError(ValueError):
+    """A malformed, truncated or inconsistent i-PI socket message."""
+
+
+class ServerGoneError(ConnectionError):
+    """The i-PI server closed the connection or could not be reached."""
