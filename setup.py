@@ -5,7 +5,7 @@ from setuptools import Extension, setup
 
 core = Extension(
     "mlip_md._core",
-    sources=["mlip_md/_core.pyx", "csrc/src/neighbors.cpp"],
+    sources=["mlip_md/_core.pyx", "csrc/src/neighbors.cpp", "csrc/src/ipi_codec.cpp"],
     include_dirs=["csrc/include", numpy.get_include()],
     language="c++",
     extra_compile_args=["-std=c++17", "-O3", "-fno-math-errno"],

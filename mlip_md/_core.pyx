@@ -7,6 +7,7 @@ user-facing messages is done by the Python front-ends (e.g.
 into numpy arrays without a copy: each array's ``base`` is a PyCapsule whose
 destructor releases the buffer with ``mlip_free``.
 """
+from cpython.number cimport PyNumber_Index
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer
 from libc.stdint cimport int32_t, int64_t
 
@@ -133,3 +134,285 @@ def compute_neighbors(positions, cell, pbc, double cutoff, *,
     finally:
         mlip_neighbor_list_free(&nl)  # whatever was not adopted
     return i, j, S, V, D
+
+
+# ============================================================================
+# i-PI wire codec (section 3 of mlip_md.h)
+#
+# Raw bindings: every error (from the C core or from the shape / dtype checks
+# here) raises ValueError with the message; mlip_md.engines.ipi_wire turns
+# them into ProtocolError. Byte inputs may be any C-contiguous buffer of
+# unsigned bytes (bytes, bytearray, memoryview, numpy uint8).
+# ============================================================================
+cdef extern from "mlip_md.h" nogil:
+    enum:
+        MLIP_IPI_HEADER_LEN
+        MLIP_IPI_INIT_PREFIX_LEN
+        MLIP_IPI_POSDATA_PREFIX_LEN
+        MLIP_IPI_MAX_INIT_LEN
+        MLIP_IPI_MAX_ATOMS
+        MLIP_IPI_MAX_EXTRAS_LEN
+        MLIP_IPI_N_MESSAGES
+    double MLIP_IPI_BOHR_PER_ANGSTROM
+    double MLIP_IPI_HARTREE_PER_EV
+    double MLIP_IPI_HARTREE_PER_BOHR_PER_EV_PER_ANGSTROM
+
+    int mlip_ipi_decode_header(const char *b, size_t n, int *message,
+                               char *errbuf, size_t errbuf_len)
+    int mlip_ipi_encode_header(int message, char *out, size_t out_len,
+                               char *errbuf, size_t errbuf_len)
+    int mlip_ipi_decode_init_prefix(const char *buf, size_t n, int32_t *index,
+                                    int32_t *length, char *errbuf, size_t errbuf_len)
+    size_t mlip_ipi_init_size(int32_t length)
+    int mlip_ipi_encode_init(int32_t index, const char *init, int32_t length,
+                             char *out, size_t out_len, size_t *n_written,
+                             char *errbuf, size_t errbuf_len)
+    int mlip_ipi_decode_posdata_prefix(const char *buf, size_t n,
+                                       int32_t expected_atoms, int32_t max_atoms,
+                                       double *cell_angstrom, int32_t *n_atoms,
+                                       char *errbuf, size_t errbuf_len)
+    int mlip_ipi_decode_positions(const char *buf, size_t n, int32_t n_atoms,
+                                  double *positions_angstrom, char *errbuf,
+                                  size_t errbuf_len)
+    size_t mlip_ipi_posdata_size(int32_t n_atoms)
+    int mlip_ipi_encode_posdata(const double *cell_angstrom,
+                                const double *positions_angstrom, int32_t n_atoms,
+                                char *out, size_t out_len, size_t *n_written,
+                                char *errbuf, size_t errbuf_len)
+    size_t mlip_ipi_forceready_size(int32_t n_atoms, int32_t extras_len)
+    int mlip_ipi_encode_forceready(double energy_ev,
+                                   const double *forces_ev_per_angstrom,
+                                   int32_t n_atoms, const double *virial_ev,
+                                   const char *extras, int32_t extras_len,
+                                   char *out, size_t out_len, size_t *n_written,
+                                   char *errbuf, size_t errbuf_len)
+    int mlip_ipi_decode_forceready(const char *buf, size_t n, int32_t max_atoms,
+                                   double *energy_ev, int32_t *n_atoms,
+                                   double *forces_ev_per_angstrom,
+                                   int32_t forces_capacity, double *virial_ev,
+                                   size_t *extras_offset, int32_t *extras_len,
+                                   char *errbuf, size_t errbuf_len)
+
+
+IPI_HEADER_LEN = MLIP_IPI_HEADER_LEN
+IPI_INIT_PREFIX_LEN = MLIP_IPI_INIT_PREFIX_LEN
+IPI_POSDATA_PREFIX_LEN = MLIP_IPI_POSDATA_PREFIX_LEN
+IPI_MAX_INIT_LEN = MLIP_IPI_MAX_INIT_LEN
+IPI_MAX_ATOMS = MLIP_IPI_MAX_ATOMS
+IPI_MAX_EXTRAS_LEN = MLIP_IPI_MAX_EXTRAS_LEN
+IPI_N_MESSAGES = MLIP_IPI_N_MESSAGES
+IPI_BOHR_PER_ANGSTROM = MLIP_IPI_BOHR_PER_ANGSTROM
+IPI_HARTREE_PER_EV = MLIP_IPI_HARTREE_PER_EV
+IPI_HARTREE_PER_BOHR_PER_EV_PER_ANGSTROM = MLIP_IPI_HARTREE_PER_BOHR_PER_EV_PER_ANGSTROM
+
+
+cdef inline const char *_bytes_ptr(const unsigned char[::1] b) noexcept:
+    """Start of ``b``, or NULL when empty (the C API accepts NULL with length 0)."""
+    return <const char *>&b[0] if b.shape[0] > 0 else NULL
+
+
+cdef inline int32_t _as_int32(object value, str name) except? -1:
+    """``value`` as an int32; out-of-range values raise ValueError (not OverflowError)."""
+    v = PyNumber_Index(value)  # TypeError for non-integers
+    if v < -2147483648 or v > 2147483647:
+        raise ValueError(f"{name} = {v} does not fit an int32")
+    return <int32_t>v
+
+
+cdef object _ipi_error(char *errbuf):
+    return ValueError(errbuf.decode("utf-8", "replace"))
+
+
+def ipi_decode_header(const unsigned char[::1] b not None):
+    """Raw ``mlip_ipi_decode_header``: the message kind (int) of a 12-byte header."""
+    cdef int message = -1
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if mlip_ipi_decode_header(_bytes_ptr(b), b.shape[0], &message,
+                              errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise _ipi_error(errbuf)
+    return message
+
+
+def ipi_encode_header(int message):
+    """Raw ``mlip_ipi_encode_header``: the 12 header bytes of ``message``."""
+    cdef char out[MLIP_IPI_HEADER_LEN]
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if mlip_ipi_encode_header(message, out, MLIP_IPI_HEADER_LEN,
+                              errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise _ipi_error(errbuf)
+    return out[:MLIP_IPI_HEADER_LEN]
+
+
+def ipi_decode_init_prefix(const unsigned char[::1] b not None):
+    """Raw ``mlip_ipi_decode_init_prefix``: ``(index, length)``."""
+    cdef int32_t index = 0, length = 0
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if mlip_ipi_decode_init_prefix(_bytes_ptr(b), b.shape[0], &index, &length,
+                                   errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise _ipi_error(errbuf)
+    return index, length
+
+
+def ipi_encode_init(index, const unsigned char[::1] init not None):
+    """Raw ``mlip_ipi_encode_init``: a complete INIT message (bytes)."""
+    cdef int32_t idx = _as_int32(index, "index")
+    if init.shape[0] > MLIP_IPI_MAX_INIT_LEN:
+        raise ValueError(f"INIT: init string of {init.shape[0]} bytes, more than "
+                         f"{MLIP_IPI_MAX_INIT_LEN}")
+    cdef int32_t length = <int32_t>init.shape[0]
+    cdef size_t need = mlip_ipi_init_size(length)
+    out = bytearray(need)
+    cdef unsigned char[::1] o = out
+    cdef size_t written = 0
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if mlip_ipi_encode_init(idx, _bytes_ptr(init), length, <char *>&o[0], need,
+                            &written, errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise _ipi_error(errbuf)
+    return bytes(out)
+
+
+def ipi_decode_posdata_prefix(const unsigned char[::1] b not None,
+                              expected_atoms, max_atoms):
+    """Raw ``mlip_ipi_decode_posdata_prefix``: ``(cell [3, 3] Angstrom rows, n_atoms)``."""
+    cdef int32_t expected = _as_int32(expected_atoms, "expected_atoms")
+    cdef int32_t maxn = _as_int32(max_atoms, "max_atoms")
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] cell = np.empty((3, 3), np.float64)
+    cdef int32_t n = 0
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if mlip_ipi_decode_posdata_prefix(_bytes_ptr(b), b.shape[0], expected, maxn,
+                                      <double *>cell.data, &n,
+                                      errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise _ipi_error(errbuf)
+    return cell, n
+
+
+def ipi_decode_positions(const unsigned char[::1] b not None, n_atoms, out=None):
+    """Raw ``mlip_ipi_decode_positions``: positions [n_atoms, 3] in Angstrom.
+
+    ``out``: None (a new array is returned) or a writable C-contiguous float64
+    array of shape [n_atoms, 3], filled in place and returned.
+    """
+    cdef int32_t n = _as_int32(n_atoms, "n_atoms")
+    if n < 1 or n > MLIP_IPI_MAX_ATOMS:
+        raise ValueError(f"n_atoms = {n} outside [1, {MLIP_IPI_MAX_ATOMS}]")
+    if out is None:
+        out = np.empty((n, 3), np.float64)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.float64 or out.ndim != 2
+          or out.shape[0] != n or out.shape[1] != 3 or not out.flags.c_contiguous
+          or not out.flags.writeable):
+        raise ValueError(
+            f"out must be a writable C-contiguous float64 array of shape [{n}, 3], got "
+            + (f"{out.dtype} array of shape {list(out.shape)} (C-contiguous: "
+               f"{out.flags.c_contiguous}, writable: {out.flags.writeable})"
+               if isinstance(out, np.ndarray) else type(out).__name__))
+    cdef double[:, ::1] o = out
+    cdef const char *p = _bytes_ptr(b)
+    cdef size_t blen = b.shape[0]
+    cdef int status
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    with nogil:
+        status = mlip_ipi_decode_positions(p, blen, n, &o[0, 0], errbuf, MLIP_ERRBUF_LEN)
+    if status != MLIP_OK:
+        raise _ipi_error(errbuf)
+    return out
+
+
+def ipi_posdata_size(n_atoms):
+    """Raw ``mlip_ipi_posdata_size`` (0 for an invalid count)."""
+    return mlip_ipi_posdata_size(_as_int32(n_atoms, "n_atoms"))
+
+
+def ipi_forceready_size(n_atoms, extras_len):
+    """Raw ``mlip_ipi_forceready_size`` (0 for invalid arguments)."""
+    return mlip_ipi_forceready_size(_as_int32(n_atoms, "n_atoms"),
+                                    _as_int32(extras_len, "extras_len"))
+
+
+def ipi_encode_posdata(cell, positions):
+    """Raw ``mlip_ipi_encode_posdata``: a complete POSDATA message (bytes) from
+    ``cell`` [3, 3] (rows = lattice vectors, Angstrom) and ``positions`` [N, 3]
+    (Angstrom)."""
+    c_arr = np.ascontiguousarray(cell, dtype=np.float64)
+    pos_arr = np.ascontiguousarray(positions, dtype=np.float64)
+    if c_arr.shape != (3, 3):
+        raise ValueError(f"cell must have shape [3, 3], got {list(c_arr.shape)}")
+    if pos_arr.ndim != 2 or pos_arr.shape[1] != 3 or not (
+            1 <= pos_arr.shape[0] <= MLIP_IPI_MAX_ATOMS):
+        raise ValueError(f"positions must have shape [N, 3] with 1 <= N <= "
+                         f"{MLIP_IPI_MAX_ATOMS}, got {list(pos_arr.shape)}")
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] c = c_arr
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] pos = pos_arr
+    cdef int32_t n = <int32_t>pos.shape[0]
+    cdef size_t need = mlip_ipi_posdata_size(n)
+    out = bytearray(need)
+    cdef unsigned char[::1] o = out
+    cdef size_t written = 0
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if mlip_ipi_encode_posdata(<const double *>c.data, <const double *>pos.data, n,
+                               <char *>&o[0], need, &written,
+                               errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise _ipi_error(errbuf)
+    return bytes(out)
+
+
+def ipi_encode_forceready(double energy, forces, virial,
+                          const unsigned char[::1] extras not None,
+                          unsigned char[::1] out not None):
+    """Raw ``mlip_ipi_encode_forceready`` into the writable buffer ``out``.
+
+    ``energy`` eV, ``forces`` [N, 3] eV/Angstrom, ``virial`` [3, 3] eV,
+    ``extras`` bytes. Returns the number of bytes written at the start of
+    ``out`` (which must be at least ``ipi_forceready_size(N, len(extras))``).
+    """
+    f_arr = np.ascontiguousarray(forces, dtype=np.float64)
+    v_arr = np.ascontiguousarray(virial, dtype=np.float64)
+    if f_arr.ndim != 2 or f_arr.shape[1] != 3 or not (
+            1 <= f_arr.shape[0] <= MLIP_IPI_MAX_ATOMS):
+        raise ValueError(f"forces must have shape [N, 3] with 1 <= N <= "
+                         f"{MLIP_IPI_MAX_ATOMS}, got {list(f_arr.shape)}")
+    if v_arr.shape != (3, 3):
+        raise ValueError(f"virial must have shape [3, 3], got {list(v_arr.shape)}")
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] f = f_arr
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] v = v_arr
+    if extras.shape[0] > MLIP_IPI_MAX_EXTRAS_LEN:
+        raise ValueError(f"extras of {extras.shape[0]} bytes, more than "
+                         f"{MLIP_IPI_MAX_EXTRAS_LEN}")
+    cdef int32_t n = <int32_t>f.shape[0]
+    cdef int32_t nx = <int32_t>extras.shape[0]
+    cdef const char *xp = _bytes_ptr(extras)
+    cdef char *op = <char *>&out[0] if out.shape[0] > 0 else NULL
+    cdef size_t olen = out.shape[0]
+    cdef size_t written = 0
+    cdef int status
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    with nogil:
+        status = mlip_ipi_encode_forceready(energy, <const double *>f.data, n,
+                                            <const double *>v.data, xp, nx,
+                                            op, olen, &written, errbuf, MLIP_ERRBUF_LEN)
+    if status != MLIP_OK:
+        raise _ipi_error(errbuf)
+    return written
+
+
+def ipi_decode_forceready(const unsigned char[::1] b not None, max_atoms):
+    """Raw ``mlip_ipi_decode_forceready`` of a complete message:
+    ``(energy eV, forces [N, 3] eV/Angstrom, virial [3, 3] eV, extras bytes)``."""
+    cdef int32_t maxn = _as_int32(max_atoms, "max_atoms")
+    cdef const char *p = _bytes_ptr(b)
+    cdef size_t blen = b.shape[0]
+    cdef double energy = 0.0
+    cdef int32_t n = 0, nx = 0
+    cdef size_t xoff = 0
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] vir = np.empty((3, 3), np.float64)
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    # first call: validate everything and learn N; second: fill the forces
+    if mlip_ipi_decode_forceready(p, blen, maxn, &energy, &n, NULL, 0,
+                                  <double *>vir.data, &xoff, &nx,
+                                  errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise _ipi_error(errbuf)
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] forces = np.empty((n, 3), np.float64)
+    if mlip_ipi_decode_forceready(p, blen, maxn, &energy, &n, <double *>forces.data, n,
+                                  <double *>vir.data, &xoff, &nx,
+                                  errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise _ipi_error(errbuf)
+    return energy, forces, vir, bytes(b[xoff:xoff + nx])

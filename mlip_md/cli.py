@@ -178,13 +178,92 @@ def cmd_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import run_ase_demo, run_ipi_demo
 
-    result = run_demo(model=args.model, steps=args.steps, temperature=args.temperature,
-                      timestep=args.timestep, supercell=args.supercell, seed=args.seed, device=args.device)
+    common = dict(model=args.model, steps=args.steps, temperature=args.temperature, timestep=args.timestep,
+                  supercell=args.supercell, seed=args.seed, device=args.device)
+    if args.engine == "ase":
+        result = run_ase_demo(**common)
+    else:
+        result = run_ipi_demo(keep=args.keep, **common)
     print("summary")
     print(result.table())
     return 0
+
+
+def _monitor_rule(text: str):
+    from .monitor import Rule
+
+    try:
+        signal, threshold, actions = text.split(":")
+        return Rule(signal, float(threshold), tuple(a for a in actions.split(",") if a))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--monitor takes SIGNAL:THRESHOLD:ACTION[,ACTION], e.g. mahalanobis:500:warn,dump ({exc})"
+        )
+
+
+def _add_ipi(sub) -> None:
+    p = sub.add_parser("ipi", help="serve a model to a running i-PI server (i-PI client / driver)")
+    p.add_argument("--model", default=None, help="model file (default: shipped Cu model)")
+    p.add_argument("--address", default=None, help="unix socket name (/tmp/ipi_NAME, default mlip_md) or TCP host")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--unix", action="store_true", help="unix socket (default unless --port is given)")
+    mode.add_argument("--port", type=int, help="TCP port (inet socket)")
+    p.add_argument("--host", help="TCP host (default: --address, or localhost)")
+    p.add_argument("--socket-prefix", default="/tmp/ipi_", help="prefix of unix socket paths (i-PI's default)")
+    p.add_argument("--structure", type=Path, help="file with the system's atoms (elements in i-PI's order); "
+                   "needed for models with several elements")
+    p.add_argument("--committee", choices=["off", "energy", "full"], default="energy",
+                   help="committee keys in the extras: energy = committee_pot (cheap), full = also "
+                   "per-member forces and virials (K backward passes per step)")
+    p.add_argument("--monitor", type=_monitor_rule, action="append", default=[],
+                   help="SIGNAL:THRESHOLD:ACTIONS, e.g. mahalanobis:500:warn,dump (repeatable); "
+                   "actions warn, dump, label, halt")
+    p.add_argument("--dump", type=Path, default=Path("mlip_md_flagged.extxyz"), help="extxyz file for dump actions")
+    p.add_argument("--label", type=Path, default=Path("mlip_md_candidates.extxyz"), help="extxyz file for label actions")
+    p.add_argument("--exit-file", type=Path, default=Path("EXIT"),
+                   help="file created by a halt action; i-PI stops softly when it sees EXIT in its directory")
+    p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for the server")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_ipi)
+
+
+def cmd_ipi(args) -> int:
+    import logging
+
+    from .engines.ipi import Driver, SocketClient, serve
+    from .monitor import MonitorPolicy
+    from .parallel import ParallelPredictor, world_communicator
+    from .predictor import Predictor
+
+    comm = world_communicator()
+    rank = 0 if comm is None else comm.Get_rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"mlip-md ipi{'' if comm is None else f' [rank {rank}]'}: %(message)s")
+    predictor = Predictor(args.model, device=args.device)
+    evaluator = predictor if comm is None else ParallelPredictor(predictor, comm)
+    if rank > 0:
+        evaluator.serve()
+        return 0
+    numbers = None
+    if args.structure:
+        from ase.io import read
+
+        numbers = read(args.structure).numbers
+    monitor = None
+    if args.monitor:
+        monitor = MonitorPolicy(args.monitor, dump_path=args.dump, label_path=args.label)
+    unix = args.port is None
+    client = SocketClient((args.address or "mlip_md") if unix else (args.host or args.address or "localhost"), unix=unix,
+                          port=args.port, socket_prefix=args.socket_prefix, connect_timeout=args.connect_timeout)
+    try:
+        driver = Driver(evaluator, client, numbers=numbers, committee=args.committee, monitor=monitor,
+                        exit_file=args.exit_file)
+        return serve(driver)
+    finally:
+        if comm is not None:
+            evaluator.shutdown()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlip_md {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="NVE MD of Cu with a vacancy using the shipped model")
+    p = sub.add_parser("demo", help="MD of Cu with a vacancy using the shipped model (i-PI by default)")
     p.add_argument("--model", default=None, help="model file (default: shipped Cu model)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--temperature", type=float, default=600.0, help="target temperature in K")
@@ -202,9 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supercell", type=int, default=3, help="fcc cubic cell repeats (3 -> 107 atoms)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--engine", choices=["i-pi", "ase"], default="i-pi",
+                   help="i-pi: NVT with a real i-PI server (default); ase: NVE with ASE's Velocity Verlet")
+    p.add_argument("--keep", type=Path, help="keep i-PI's input and output files in this directory")
     p.set_defaults(func=cmd_demo)
 
     _add_train(sub)
+    _add_ipi(sub)
 
     p = sub.add_parser("check", help="conformance check of a model file (exit 1 on failure)")
     p.add_argument("model", nargs="?", default=None, help="model file (default: shipped model)")

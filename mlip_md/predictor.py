@@ -44,6 +44,7 @@ class Prediction:
     features: Optional[np.ndarray] = None  # [N, D]
     force_members: Optional[np.ndarray] = None  # [K, N, 3] eV/Å
     force_sigma: Optional[np.ndarray] = None  # [N, 3] eV/Å (calibrated)
+    member_virials: Optional[np.ndarray] = None  # [K, 3, 3] eV
 
     @property
     def close_contacts(self) -> np.ndarray:
@@ -101,7 +102,12 @@ class Predictor:
         pbc,
         monitors: bool = True,
         force_sigma: bool = False,
+        centres: Optional[slice] = None,
     ) -> Prediction:
+        """Evaluate one structure (Å, ASE cell rows). With ``centres`` = slice(a, b) only atoms
+        a..b-1 are centres: energies and monitor values of the others are zero and forces /
+        virial are this slice's contributions (summing the slices of all MPI ranks gives the
+        full result, see :mod:`mlip_md.parallel`)."""
         numbers = np.asarray(numbers, dtype=np.int64)
         positions = np.asarray(positions, dtype=np.float64)
         cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
@@ -119,10 +125,29 @@ class Predictor:
                 f"{nl.distances[k]:.2e} Å); remove the duplicate atom"
             )
         n = len(numbers)
-        edge_index = torch.from_numpy(np.stack([nl.i, nl.j]))
-        vectors = torch.from_numpy(nl.vectors)
-        out = self.model(torch.from_numpy(numbers), edge_index, vectors, n, monitors, force_sigma)
-        return self._assemble(out, edge_index, vectors, n, cell, pbc, force_sigma)
+        start, stop = (0, n) if centres is None else centres.indices(n)[:2]
+        if (start, stop) == (0, n):
+            edge_index = torch.from_numpy(np.stack([nl.i, nl.j]))
+            vectors = torch.from_numpy(nl.vectors)
+            out = self.model(torch.from_numpy(numbers), edge_index, vectors, n, monitors, force_sigma)
+            return self._assemble(out, edge_index, vectors, n, cell, pbc, force_sigma)
+        return self._predict_slice(numbers, nl, start, stop, cell, pbc, monitors, force_sigma)
+
+    def _predict_slice(self, numbers, nl, start, stop, cell, pbc, monitors, force_sigma) -> Prediction:
+        """Centres start..stop-1 only. The model contract wants the centres first, so atoms are
+        relabelled [start..stop) + [0..start) + [stop..n); the neighbour list is sorted by i, so
+        this slice's edges are one contiguous block."""
+        n, n_local = len(numbers), stop - start
+        lo, hi = np.searchsorted(nl.i, [start, stop])
+        i = nl.i[lo:hi] - start
+        j = nl.j[lo:hi]
+        j = np.where(j < start, j + n_local, np.where(j < stop, j - start, j))
+        order = np.concatenate([np.arange(start, stop), np.arange(0, start), np.arange(stop, n)])
+        edge_index = torch.from_numpy(np.stack([i, j]))
+        vectors = torch.from_numpy(np.ascontiguousarray(nl.vectors[lo:hi]))
+        out = self.model(torch.from_numpy(numbers[order]), edge_index, vectors, n_local, monitors, force_sigma)
+        part = self._assemble(out, edge_index, vectors, n, cell, pbc, force_sigma)
+        return _unpermute(part, order, n_local)
 
     def _assemble(self, out, edge_index, vectors, n, cell, pbc, force_sigma) -> Prediction:
         device = self.model.device
@@ -151,9 +176,46 @@ class Predictor:
             if key in out:
                 setattr(pred, key, out[key].detach().to(torch.float64).cpu().numpy())
         if force_sigma and "member_edge_grad" in out:
-            fm = member_forces_from_edge_grad(out["member_edge_grad"].detach().to(torch.float64), edge_index, n)
+            member_grad = out["member_edge_grad"].detach().to(torch.float64)
+            fm = member_forces_from_edge_grad(member_grad, edge_index, n)
             pred.force_members = fm.cpu().numpy()
+            pred.member_virials = (-torch.einsum("ea,keb->kab", vectors64, member_grad)).cpu().numpy()
             k = pred.force_members.shape[0]
             std = pred.force_members.std(axis=0, ddof=1) if k > 1 else np.zeros_like(pred.forces)
             pred.force_sigma = std * self.force_scale
         return pred
+
+
+def _unpermute(part: Prediction, order: np.ndarray, n_local: int) -> Prediction:
+    """Map a slice prediction made in relabelled order back to the original atom order,
+    zero-padding per-atom values of non-centre atoms."""
+    n = len(order)
+
+    def pad(values: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        if values is None:
+            return None
+        full = np.zeros((n,) + values.shape[1:], dtype=values.dtype)
+        full[order[:n_local]] = values[:n_local]
+        return full
+
+    forces = np.empty_like(part.forces)
+    forces[order] = part.forces
+    members = np.zeros((part.energy_members.shape[0], n))
+    members[:, order[:n_local]] = part.energy_members
+    force_members = None
+    if part.force_members is not None:
+        force_members = np.empty_like(part.force_members)
+        force_members[:, order] = part.force_members
+    return dataclasses.replace(
+        part,
+        energies=pad(part.energies),
+        forces=forces,
+        energy_members=members,
+        energy_sigma=pad(part.energy_sigma),
+        mahalanobis=pad(part.mahalanobis),
+        min_distance=pad(part.min_distance),
+        min_distance_ratio=pad(part.min_distance_ratio),
+        features=pad(part.features),
+        force_members=force_members,
+        force_sigma=None,  # not additive: the parallel layer recomputes it from force_members
+    )

@@ -20,7 +20,7 @@
  * Sections:
  *   1. Common: export macro, status codes, memory
  *   2. Neighbour lists
- *   3. i-PI wire codec              (reserved, not yet implemented)
+ *   3. i-PI wire codec (socket messages; atomic units <-> eV, Angstrom)
  *   4. Switching / cutoff functions (reserved, not yet implemented)
  */
 #ifndef MLIP_MD_H
@@ -177,10 +177,203 @@ MLIP_API int mlip_neighbors_compute(const double *positions, int64_t n_atoms,
 MLIP_API void mlip_neighbor_list_free(mlip_neighbor_list *list);
 
 /* ========================================================================= */
-/* 3. i-PI wire codec (reserved)                                             */
+/* 3. i-PI wire codec                                                        */
 /* ========================================================================= */
-/* To be added: encoding/decoding of i-PI socket messages (headers, cell,
- * positions, forces, virial) in atomic units. Functions prefixed mlip_ipi_. */
+/*
+ * Encoding / decoding of the messages of i-PI's socket protocol (the client,
+ * or "driver", side; plus the server side for tests and mock servers). The
+ * codec does no I/O: the caller reads / writes the bytes on the socket.
+ *
+ * Wire format. Every message starts with a 12-byte ASCII header, upper case,
+ * right-padded with spaces ("POSDATA     "); some are followed by a payload.
+ * Binary values are little-endian int32 / IEEE-754 float64, packed without
+ * padding; on the wire everything is in atomic units (Bohr, Hartree).
+ *
+ *   INIT       (server -> client)  int32 replica index, int32 L, L bytes
+ *   POSDATA    (server -> client)  h [3][3] float64 (COLUMNS = lattice
+ *                                  vectors, Bohr), h^-1 [3][3] float64,
+ *                                  int32 N, positions [N][3] float64 (Bohr)
+ *   FORCEREADY (client -> server)  float64 energy (Hartree), int32 N,
+ *                                  forces [N][3] float64 (Hartree/Bohr),
+ *                                  virial [3][3] float64 (Hartree), int32 L,
+ *                                  L bytes of extras (JSON string, may be
+ *                                  empty)
+ *   STATUS, READY, NEEDINIT, HAVEDATA, GETFORCE, EXIT: header only.
+ *
+ * API-side units and conventions: energies in eV, lengths in Angstrom,
+ * forces in eV/Angstrom; cells as [3][3] with ROWS = lattice vectors (ASE
+ * convention, i.e. the transpose of i-PI's h). Conversions use exactly
+ * i-PI's own constants (ipi/utils/units.py): atomic units -> API units
+ * DIVIDE by the constant, API units -> atomic units MULTIPLY by it, exactly
+ * as i-PI's unit_to_user / unit_to_internal do, so values round-trip through
+ * i-PI's Python drivers bit for bit.
+ *
+ * Only the standard protocol is covered: i-PI's batched mode (announced by
+ * a "batch_size:N" token in the INIT string) and its shared-memory transport
+ * use other POSDATA / FORCEREADY layouts and must be refused by the driver.
+ *
+ * Every function checks its sizes against the lengths given (never reads
+ * or writes past them), validates the values (finite numbers, counts in
+ * range) and returns MLIP_OK or MLIP_ERR_INVALID_ARGUMENT with a message in
+ * errbuf (see section 1); no allocation, no global state, thread-safe. On
+ * failure the output arguments are unspecified (caller-allocated arrays may
+ * have been partially written).
+ */
+
+/* i-PI's unit constants (ipi/utils/units.py, UnitMap): atomic units per
+ * API unit. */
+#define MLIP_IPI_BOHR_PER_ANGSTROM 1.8897261          /* length            */
+#define MLIP_IPI_HARTREE_PER_EV 0.036749326           /* energy, virial    */
+#define MLIP_IPI_HARTREE_PER_BOHR_PER_EV_PER_ANGSTROM \
+    0.019446904 /* force (i-PI's own value, not the ratio of the two above)  */
+
+/* Sizes in bytes. */
+#define MLIP_IPI_HEADER_LEN 12
+#define MLIP_IPI_INIT_PREFIX_LEN 8       /* int32 index + int32 length     */
+#define MLIP_IPI_POSDATA_PREFIX_LEN 148  /* 18 float64 (h, h^-1) + int32 N */
+
+/* Limits enforced by the decoders (and encoders). */
+#define MLIP_IPI_MAX_INIT_LEN (1 << 20)  /* INIT string: 1 MiB            */
+#define MLIP_IPI_MAX_ATOMS 100000000     /* hard cap on any atom count     */
+#define MLIP_IPI_MAX_EXTRAS_LEN 0x7fffffff /* FORCEREADY extras (int32 max) */
+
+/* Message kinds (values of the `message` arguments). */
+typedef enum mlip_ipi_message {
+    MLIP_IPI_STATUS = 0,     /* "STATUS"     server asks for the state     */
+    MLIP_IPI_READY = 1,      /* "READY"      client waits for positions    */
+    MLIP_IPI_NEEDINIT = 2,   /* "NEEDINIT"   client wants INIT first       */
+    MLIP_IPI_HAVEDATA = 3,   /* "HAVEDATA"   client has forces ready       */
+    MLIP_IPI_INIT = 4,       /* "INIT"       + INIT payload                */
+    MLIP_IPI_POSDATA = 5,    /* "POSDATA"    + POSDATA payload             */
+    MLIP_IPI_GETFORCE = 6,   /* "GETFORCE"   server asks for the forces    */
+    MLIP_IPI_FORCEREADY = 7, /* "FORCEREADY" + FORCEREADY payload          */
+    MLIP_IPI_EXIT = 8        /* "EXIT"       server ends the run           */
+} mlip_ipi_message;
+#define MLIP_IPI_N_MESSAGES 9
+
+/* Identify a 12-byte header. `len` must be exactly MLIP_IPI_HEADER_LEN (a
+ * short read is reported as truncated). The match is exact (upper case,
+ * space padded). An unknown header is an error whose message shows the
+ * received bytes printably (non-printable bytes escaped as \xNN). */
+MLIP_API int mlip_ipi_decode_header(const char *bytes, size_t len, int *message,
+                                    char *errbuf, size_t errbuf_len);
+
+/* Write the 12-byte header of `message` (a mlip_ipi_message) into
+ * out[0..11]; out_len must be >= MLIP_IPI_HEADER_LEN. No NUL is written. */
+MLIP_API int mlip_ipi_encode_header(int message, char *out, size_t out_len,
+                                    char *errbuf, size_t errbuf_len);
+
+/* INIT payload prefix: the 8 bytes after the header (len must be 8).
+ * Checks index >= 0 and 0 <= length <= MLIP_IPI_MAX_INIT_LEN; the caller
+ * then reads `length` bytes of init string. */
+MLIP_API int mlip_ipi_decode_init_prefix(const char *buf, size_t len, int32_t *index,
+                                         int32_t *length, char *errbuf,
+                                         size_t errbuf_len);
+
+/* Size of a complete INIT message (header + prefix + string), or 0 when
+ * length is outside [0, MLIP_IPI_MAX_INIT_LEN]. */
+MLIP_API size_t mlip_ipi_init_size(int32_t length);
+
+/* Encode a complete INIT message (server side: tests, mock servers):
+ * header, index (>= 0), length, `length` bytes of `init` (may be NULL when
+ * length == 0). out_len must be >= mlip_ipi_init_size(length);
+ * *n_written (may be NULL) receives the number of bytes written. */
+MLIP_API int mlip_ipi_encode_init(int32_t index, const char *init, int32_t length,
+                                  char *out, size_t out_len, size_t *n_written,
+                                  char *errbuf, size_t errbuf_len);
+
+/* POSDATA payload prefix: the 148 bytes after the header (len must be 148).
+ *
+ *   expected_atoms  the atom count the driver was initialised with, or -1
+ *                   to accept any count (first step)
+ *   max_atoms       upper bound on the count, in [1, MLIP_IPI_MAX_ATOMS]
+ *   cell_angstrom   [3][3] output: the cell in Angstrom with ROWS = lattice
+ *                   vectors (i.e. h^T / MLIP_IPI_BOHR_PER_ANGSTROM)
+ *   n_atoms         output: the atom count N; the caller then reads
+ *                   24 * N bytes of positions
+ *
+ * Checks: all 18 cell / inverse-cell values finite, the cell h non-singular
+ * (|det h| > 1e-12 * |a| |b| |c|; a zero-volume cell is an error, and so is
+ * one whose volume overflows a double),
+ * 1 <= N <= max_atoms, N == expected_atoms when expected_atoms >= 0.
+ * The inverse cell sent by i-PI is checked for finiteness and then
+ * ignored. */
+MLIP_API int mlip_ipi_decode_posdata_prefix(const char *buf, size_t len,
+                                            int32_t expected_atoms, int32_t max_atoms,
+                                            double *cell_angstrom, int32_t *n_atoms,
+                                            char *errbuf, size_t errbuf_len);
+
+/* POSDATA positions: the 24 * n_atoms bytes after the prefix (len must be
+ * exactly 24 * n_atoms, 1 <= n_atoms <= MLIP_IPI_MAX_ATOMS) converted to
+ * Angstrom into the caller-allocated positions_angstrom [n_atoms][3].
+ * Non-finite values (NaN / inf) are an error naming the first bad atom. */
+MLIP_API int mlip_ipi_decode_positions(const char *buf, size_t len, int32_t n_atoms,
+                                       double *positions_angstrom, char *errbuf,
+                                       size_t errbuf_len);
+
+/* Size of a complete POSDATA message (header + prefix + positions), or 0
+ * when n_atoms is outside [1, MLIP_IPI_MAX_ATOMS]. */
+MLIP_API size_t mlip_ipi_posdata_size(int32_t n_atoms);
+
+/* Encode a complete POSDATA message (server side: tests, mock servers) from
+ * cell_angstrom [3][3] (ROWS = lattice vectors, non-singular, finite) and
+ * positions_angstrom [n_atoms][3] (finite); h = cell^T and its inverse are
+ * computed and converted to Bohr. out_len must be >=
+ * mlip_ipi_posdata_size(n_atoms); *n_written (may be NULL) receives the
+ * number of bytes written. */
+MLIP_API int mlip_ipi_encode_posdata(const double *cell_angstrom,
+                                     const double *positions_angstrom, int32_t n_atoms,
+                                     char *out, size_t out_len, size_t *n_written,
+                                     char *errbuf, size_t errbuf_len);
+
+/* Size of a complete FORCEREADY message (header + payload), or 0 when
+ * n_atoms is outside [1, MLIP_IPI_MAX_ATOMS] or extras_len outside
+ * [0, MLIP_IPI_MAX_EXTRAS_LEN]. */
+MLIP_API size_t mlip_ipi_forceready_size(int32_t n_atoms, int32_t extras_len);
+
+/* Encode a complete FORCEREADY message (header included) into the caller's
+ * buffer (no allocation: meant for the hot path).
+ *
+ *   energy_ev               potential energy, eV
+ *   forces_ev_per_angstrom  [n_atoms][3], eV/Angstrom
+ *   virial_ev               [3][3], eV; written in C order exactly as given
+ *                           (no transpose), converted to Hartree
+ *   extras, extras_len      JSON string sent verbatim (extras may be NULL
+ *                           when extras_len == 0)
+ *   out, out_len            out_len >= mlip_ipi_forceready_size(...)
+ *   n_written               receives the number of bytes written (may be
+ *                           NULL)
+ *
+ * Non-finite energy / forces / virial are an error (naming the first bad
+ * atom): garbage is never sent to i-PI. */
+MLIP_API int mlip_ipi_encode_forceready(double energy_ev,
+                                        const double *forces_ev_per_angstrom,
+                                        int32_t n_atoms, const double *virial_ev,
+                                        const char *extras, int32_t extras_len,
+                                        char *out, size_t out_len, size_t *n_written,
+                                        char *errbuf, size_t errbuf_len);
+
+/* Decode a complete FORCEREADY message (header included; server side: tests,
+ * mock servers). len must equal the message size exactly.
+ *
+ *   max_atoms               upper bound on N, in [1, MLIP_IPI_MAX_ATOMS]
+ *   energy_ev, n_atoms      outputs
+ *   forces_ev_per_angstrom  output [forces_capacity][3]; may be NULL to only
+ *                           validate and query N (the forces are then still
+ *                           checked for finiteness); otherwise N must be
+ *                           <= forces_capacity
+ *   virial_ev               output [3][3] in C order, eV
+ *   extras_offset, extras_len  outputs: the extras are buf[offset ..
+ *                           offset + len) (not copied)
+ *
+ * Checks: exact header, 1 <= N <= max_atoms, extras length >= 0, total size
+ * consistent with N and the extras length, every value finite. */
+MLIP_API int mlip_ipi_decode_forceready(const char *buf, size_t len, int32_t max_atoms,
+                                        double *energy_ev, int32_t *n_atoms,
+                                        double *forces_ev_per_angstrom,
+                                        int32_t forces_capacity, double *virial_ev,
+                                        size_t *extras_offset, int32_t *extras_len,
+                                        char *errbuf, size_t errbuf_len);
 
 /* ========================================================================= */
 /* 4. Switching / cutoff functions (reserved)                                */

@@ -1,0 +1,281 @@
+"""i-PI client ("driver"): serves an mlip_md model to a running ``i-pi`` server.
+
+    mlip-md ipi --model m.pt --address NAME --unix            # /tmp/ipi_NAME
+    mlip-md ipi --model m.pt --address HOST --port 31415      # TCP
+    mpiexec -n 4 mlip-md ipi ...                              # centre atoms split over ranks
+
+Protocol (i-PI docs, "socket protocol"): the server asks STATUS, we answer NEEDINIT / READY /
+HAVEDATA; INIT carries an index and a parameter string; POSDATA the cell and positions (Bohr);
+GETFORCE asks for FORCEREADY with energy (Hartree), forces, virial and an extras JSON string;
+EXIT ends the run. Byte-level encoding and unit conversion live in the C++ codec
+(:mod:`mlip_md.engines.ipi_wire`); this module is the small loop around it.
+
+Extras every step (JSON): ``committee_pot`` (Hartree, one per member; ``--committee full`` adds
+``committee_force`` and ``committee_virial``) for i-PI's ``<ffcommittee parse_json='true'>``,
+and mlip_md's monitor values (eV, Å): ``energy_uncertainty``, ``energy_sigma_max``,
+``force_sigma_max``, ``mahalanobis_max``, ``min_distance_ratio_min``, ``flagged``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..errors import ProtocolError, ServerGoneError
+from ..monitor import ExtrapolationHalt, MonitorPolicy, annotated_frame
+from . import ipi_wire as wire
+from .ipi_wire import Message
+
+log = logging.getLogger("mlip_md.ipi")
+
+COMMITTEE_MODES = ("off", "energy", "full")
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived while serving."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"received {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class SocketClient:
+    """A connected stream socket to i-PI with exact-length reads into a reusable buffer."""
+
+    def __init__(self, address: str, unix: bool = True, port: Optional[int] = None,
+                 socket_prefix: str = "/tmp/ipi_", connect_timeout: float = 60.0):
+        if not unix and port is None:
+            raise ValueError("a TCP connection needs --port (or use --unix)")
+        self.target = socket_prefix + address if unix else (address, int(port))
+        self.unix = unix
+        self.connect_timeout = connect_timeout
+        self.sock: Optional[socket.socket] = None
+        self._buffer = bytearray(1 << 16)
+
+    def describe(self) -> str:
+        return f"unix socket {self.target}" if self.unix else f"{self.target[0]}:{self.target[1]}"
+
+    def connect(self) -> None:
+        """Connect, retrying with exponential backoff until ``connect_timeout`` seconds."""
+        deadline = time.monotonic() + self.connect_timeout
+        delay = 0.05
+        last: Optional[OSError] = None
+        while True:
+            family = socket.AF_UNIX if self.unix else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.target)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                if time.monotonic() + delay > deadline:
+                    raise ServerGoneError(
+                        f"could not reach i-PI at {self.describe()} within {self.connect_timeout:g} s "
+                        f"({last.strerror or last}); is `i-pi` running with this address in its <ffsocket>?"
+                    ) from None
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+                continue
+            if not self.unix:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = sock
+            return
+
+    def recv(self, n: int) -> memoryview:
+        """Exactly n bytes (a view into the reusable buffer, valid until the next recv)."""
+        if n > len(self._buffer):
+            self._buffer = bytearray(max(n, 2 * len(self._buffer)))
+        view = memoryview(self._buffer)[:n]
+        got = 0
+        while got < n:
+            try:
+                chunk = self.sock.recv_into(view[got:], n - got)
+            except ConnectionError as exc:
+                raise ServerGoneError(f"connection to i-PI lost ({exc.strerror or exc})") from None
+            if chunk == 0:
+                where = "mid-message" if got else "between messages"
+                raise ServerGoneError(f"i-PI closed the connection {where}")
+            got += chunk
+        return view
+
+    def send(self, data) -> None:
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionError) as exc:
+            raise ServerGoneError(f"connection to i-PI lost while sending ({exc.strerror or exc})") from None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+
+
+class Driver:
+    """Answers i-PI's requests with predictions of ``evaluator`` (a Predictor or
+    ParallelPredictor, rank 0).
+
+    ``numbers``: atomic numbers of the system (i-PI does not send them); ``None`` means every
+    atom is the model's single element. ``on_step(step, prediction)`` is called after every
+    evaluation. ``monitor``: a MonitorPolicy; its ``halt`` action
+    asks i-PI to stop by creating ``exit_file`` (i-PI's soft exit) and keeps serving until the
+    server sends EXIT.
+    """
+
+    def __init__(self, evaluator, client: SocketClient, numbers: Optional[Sequence[int]] = None,
+                 committee: str = "energy", monitor: Optional[MonitorPolicy] = None,
+                 exit_file: Optional[Path] = None, max_atoms: int = 10_000_000,
+                 on_step: Optional[Callable] = None):
+        if committee not in COMMITTEE_MODES:
+            raise ValueError(f"committee must be one of {COMMITTEE_MODES}, got {committee!r}")
+        self.evaluator = evaluator
+        self.client = client
+        model = evaluator.model
+        if numbers is None:
+            if len(model.atomic_numbers) != 1:
+                raise ValueError(
+                    f"model knows {', '.join(model.elements)}: give the structure (--structure) so the "
+                    "driver knows which atom is which element"
+                )
+            self.numbers: Optional[np.ndarray] = None
+        else:
+            self.numbers = np.asarray(numbers, dtype=np.int64)
+            model.check_elements(self.numbers)
+        self.committee = committee
+        self.monitor = monitor
+        self.exit_file = exit_file
+        self.max_atoms = max_atoms
+        self.on_step = on_step
+        per_element = model.metadata.get("monitors", {}).get("mahalanobis", {}).get("per_element", {})
+        self.t2_threshold = max((v["empirical"] for v in per_element.values()), default=np.inf)
+        self.initialised = False
+        self.reply: Optional[bytes] = None
+        self.positions: Optional[np.ndarray] = None
+        self.steps = 0
+        self.model_seconds = 0.0
+        self.halt_requested = False
+        self.init_string = b""
+        self.index = -1
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        """Serve until i-PI sends EXIT. Raises ServerGoneError, ProtocolError, Interrupted."""
+        client = self.client
+        while True:
+            message = wire.decode_header(client.recv(wire.HEADER_LEN))
+            if message == Message.STATUS:
+                status = Message.HAVEDATA if self.reply is not None else (
+                    Message.READY if self.initialised else Message.NEEDINIT)
+                client.send(wire.encode_header(status))
+            elif message == Message.INIT:
+                self.index, length = wire.decode_init_prefix(client.recv(wire.INIT_PREFIX_LEN))
+                self.init_string = bytes(client.recv(length)) if length else b""
+                self.initialised = True
+            elif message == Message.POSDATA:
+                self._posdata()
+            elif message == Message.GETFORCE:
+                if self.reply is None:
+                    raise ProtocolError("i-PI asked for forces (GETFORCE) before sending positions (POSDATA)")
+                client.send(self.reply)
+                self.reply = None
+            elif message == Message.EXIT:
+                return
+            else:
+                raise ProtocolError(f"unexpected message {message.name} from the server")
+
+    def _posdata(self) -> None:
+        expected = -1 if self.numbers is None else len(self.numbers)
+        cell, n = wire.decode_posdata_prefix(self.client.recv(wire.POSDATA_PREFIX_LEN), expected, self.max_atoms)
+        if self.positions is None or len(self.positions) != n:
+            self.positions = np.empty((n, 3), dtype=np.float64)
+        wire.decode_positions(self.client.recv(24 * n), n, out=self.positions)
+        if self.numbers is None:
+            self.numbers = np.full(n, self.evaluator.model.atomic_numbers[0], dtype=np.int64)
+        start = time.perf_counter()
+        pred = self.evaluator.predict(self.numbers, self.positions, cell, True,
+                                      monitors=True, force_sigma=self.committee == "full")
+        self.model_seconds += time.perf_counter() - start
+        self._observe(cell, pred)
+        # virial as i-PI's own ASE driver sends it: (-stress V)^T = W = -sum r_ij (x) g_ij
+        extras = json.dumps(self.extras(pred)).encode()
+        self.reply = wire.encode_forceready(pred.energy, pred.forces, pred.virial, extras)
+        if self.on_step is not None:
+            self.on_step(self.steps, pred)
+        self.steps += 1
+
+    def _observe(self, cell, pred) -> None:
+        if self.monitor is None:
+            return
+        import ase
+
+        atoms = ase.Atoms(numbers=self.numbers, positions=self.positions, cell=cell, pbc=True)
+        try:
+            self.monitor.observe(atoms, pred, step=self.steps)
+        except ExtrapolationHalt as halt:
+            if not self.halt_requested:
+                self.halt_requested = True
+                log.warning("halting: %s", halt)
+                if self.exit_file is not None:
+                    Path(self.exit_file).touch()
+
+    def extras(self, pred) -> dict:
+        """The extras dictionary sent with every FORCEREADY (see the module docstring)."""
+        extras: dict = {"energy_uncertainty": pred.energy_uncertainty}
+        if self.committee != "off":
+            totals = pred.energy_members.sum(axis=1)
+            extras["committee_pot"] = (totals * wire.HARTREE_PER_EV).tolist()
+        if self.committee == "full" and pred.force_members is not None:
+            extras["committee_force"] = (pred.force_members.reshape(len(pred.force_members), -1)
+                                         * wire.HARTREE_PER_BOHR_PER_EV_PER_ANGSTROM).tolist()
+            if pred.member_virials is not None:
+                extras["committee_virial"] = (pred.member_virials.reshape(-1, 9) * wire.HARTREE_PER_EV).tolist()
+        flagged = np.zeros(0, dtype=np.int64)
+        if pred.energy_sigma is not None:
+            extras["energy_sigma_max"] = float(pred.energy_sigma.max())
+        if pred.force_sigma is not None:
+            extras["force_sigma_max"] = float(pred.force_sigma.max())
+        if pred.mahalanobis is not None:
+            extras["mahalanobis_max"] = float(pred.mahalanobis.max())
+            flagged = np.flatnonzero(pred.mahalanobis > self.t2_threshold)
+        if pred.min_distance_ratio is not None:
+            extras["min_distance_ratio_min"] = float(pred.min_distance_ratio.min())
+            flagged = np.union1d(flagged, np.flatnonzero(pred.min_distance_ratio < 1.0))
+        extras["flagged"] = flagged.tolist()
+        return extras
+
+
+def serve(driver: Driver) -> int:
+    """Connect, run the driver until EXIT, and always close the socket. Returns an exit code:
+    0 after EXIT, 1 when the server vanished or spoke nonsense, 128 + signal when killed."""
+    client = driver.client
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        client.connect()
+        log.info("connected to i-PI at %s", client.describe())
+        driver.run()
+        log.info("i-PI sent EXIT after %d steps", driver.steps)
+        return 0
+    except ServerGoneError as exc:
+        log.error("%s (after %d steps)", exc, driver.steps)
+        return 1
+    except ProtocolError as exc:
+        log.error("protocol error: %s (after %d steps)", exc, driver.steps)
+        return 1
+    except Interrupted as exc:
+        log.error("%s: closing the connection (after %d steps)", exc, driver.steps)
+        return 128 + exc.signum
+    finally:
+        client.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
