@@ -7,6 +7,7 @@ turn positions into predictions. Units: Å, eV, eV/Å, eV/Å^3 (ASE stress sign)
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Optional, Union
 
@@ -85,6 +86,7 @@ class Predictor:
         self.device = device
         calibration = self.model.metadata.get("calibration", {})
         self.force_scale = float(np.sqrt(calibration.get("force_variance_scale", 1.0)))
+        self.model_seconds = 0.0  # accumulated wall time inside the model call (profiling)
         self.energy_scale = float(np.sqrt(calibration.get("energy_variance_scale", 1.0)))
 
     @property
@@ -129,7 +131,7 @@ class Predictor:
         if (start, stop) == (0, n):
             edge_index = torch.from_numpy(np.stack([nl.i, nl.j]))
             vectors = torch.from_numpy(nl.vectors)
-            out = self.model(torch.from_numpy(numbers), edge_index, vectors, n, monitors, force_sigma)
+            out = self._call_model(torch.from_numpy(numbers), edge_index, vectors, n, monitors, force_sigma)
             return self._assemble(out, edge_index, vectors, n, cell, pbc, force_sigma)
         return self._predict_slice(numbers, nl, start, stop, cell, pbc, monitors, force_sigma)
 
@@ -145,9 +147,15 @@ class Predictor:
         order = np.concatenate([np.arange(start, stop), np.arange(0, start), np.arange(stop, n)])
         edge_index = torch.from_numpy(np.stack([i, j]))
         vectors = torch.from_numpy(np.ascontiguousarray(nl.vectors[lo:hi]))
-        out = self.model(torch.from_numpy(numbers[order]), edge_index, vectors, n_local, monitors, force_sigma)
+        out = self._call_model(torch.from_numpy(numbers[order]), edge_index, vectors, n_local, monitors, force_sigma)
         part = self._assemble(out, edge_index, vectors, n, cell, pbc, force_sigma)
         return _unpermute(part, order, n_local)
+
+    def _call_model(self, *args):
+        start = time.perf_counter()
+        out = self.model(*args)
+        self.model_seconds += time.perf_counter() - start
+        return out
 
     def _assemble(self, out, edge_index, vectors, n, cell, pbc, force_sigma) -> Prediction:
         device = self.model.device

@@ -6,9 +6,11 @@
 >>> atoms.calc.results["energy_sigma"]       # per-atom calibrated ensemble std, eV
 
 Results: energy, free_energy (= energy), energies [N], forces [N, 3], stress (Voigt, only for
-3D-periodic cells), energy_uncertainty (eV), energy_sigma [N], mahalanobis [N],
-min_distance [N] (Å), min_distance_ratio [N], close_contacts (indices), force_sigma [N, 3]
-when ``force_sigma=True``. Units are ASE's: eV, Å, eV/Å^3.
+3D-periodic cells), energy_uncertainty (eV), energy_members [K] (eV), energy_sigma [N],
+mahalanobis [N], min_distance [N] (Å), min_distance_ratio [N], close_contact [N] (1 where an
+atom is closer to a neighbour than any pair in training), force_sigma [N, 3] when
+``force_sigma=True``. Units are ASE's: eV, Å, eV/Å^3. The extra result names are registered
+with ``ase.outputs`` so ASE's ``calculate_properties`` / ``Properties`` accept them.
 """
 from __future__ import annotations
 
@@ -26,6 +28,31 @@ from ..predictor import Prediction, Predictor
 
 CLOSE_CONTACT_ACTIONS = ("warn", "raise", "ignore")
 
+#: result name -> (dtype, shape spec) for ase.outputs
+EXTRA_OUTPUTS = {
+    "energy_uncertainty": (float, ()),
+    "ensemble_size": (int, ()),  # set by ase.outputs from the shape of energy_members
+    "energy_members": (float, ("ensemble_size",)),
+    "energy_sigma": (float, ("natoms",)),
+    "mahalanobis": (float, ("natoms",)),
+    "d_min": (float, ("natoms",)),
+    "min_distance": (float, ("natoms",)),
+    "min_distance_ratio": (float, ("natoms",)),
+    "close_contact": (int, ("natoms",)),
+    "force_sigma": (float, ("natoms", 3)),
+}
+
+
+def _register_outputs() -> None:
+    from ase import outputs
+
+    for name, (dtype, shape) in EXTRA_OUTPUTS.items():
+        if name not in outputs.all_outputs:
+            outputs._defineprop(name, dtype, shape)
+
+
+_register_outputs()
+
 
 class MLIPCalculator(Calculator):
     """ASE Calculator evaluating an mlip_md model file (default: the shipped Cu model).
@@ -42,7 +69,7 @@ class MLIPCalculator(Calculator):
         mlip_md.monitor) called after every evaluation.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", *EXTRA_OUTPUTS]
 
     def __init__(
         self,
@@ -93,7 +120,9 @@ class MLIPCalculator(Calculator):
                 results[key] = value
         if self.monitors:
             close = pred.close_contacts
-            results["close_contacts"] = close
+            mask = np.zeros(len(pred.energies), dtype=int)
+            mask[close] = 1
+            results["close_contact"] = mask
             if close.size:
                 self._handle_close_contacts(pred, close)
         self.results = results

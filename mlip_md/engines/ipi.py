@@ -159,7 +159,7 @@ class Driver:
         self.reply: Optional[bytes] = None
         self.positions: Optional[np.ndarray] = None
         self.steps = 0
-        self.model_seconds = 0.0
+        self.busy_seconds = 0.0  # from POSDATA received to FORCEREADY sent
         self.halt_requested = False
         self.init_string = b""
         self.index = -1
@@ -179,12 +179,14 @@ class Driver:
                 self.init_string = bytes(client.recv(length)) if length else b""
                 self.initialised = True
             elif message == Message.POSDATA:
+                started = time.perf_counter()
                 self._posdata()
             elif message == Message.GETFORCE:
                 if self.reply is None:
                     raise ProtocolError("i-PI asked for forces (GETFORCE) before sending positions (POSDATA)")
                 client.send(self.reply)
                 self.reply = None
+                self.busy_seconds += time.perf_counter() - started
             elif message == Message.EXIT:
                 return
             else:
@@ -198,10 +200,8 @@ class Driver:
         wire.decode_positions(self.client.recv(24 * n), n, out=self.positions)
         if self.numbers is None:
             self.numbers = np.full(n, self.evaluator.model.atomic_numbers[0], dtype=np.int64)
-        start = time.perf_counter()
         pred = self.evaluator.predict(self.numbers, self.positions, cell, True,
                                       monitors=True, force_sigma=self.committee == "full")
-        self.model_seconds += time.perf_counter() - start
         self._observe(cell, pred)
         # virial as i-PI's own ASE driver sends it: (-stress V)^T = W = -sum r_ij (x) g_ij
         extras = json.dumps(self.extras(pred)).encode()
@@ -209,6 +209,19 @@ class Driver:
         if self.on_step is not None:
             self.on_step(self.steps, pred)
         self.steps += 1
+
+    @property
+    def model_seconds(self) -> float:
+        """Wall time rank 0 spent inside the model call."""
+        predictor = getattr(self.evaluator, "predictor", self.evaluator)
+        return predictor.model_seconds
+
+    def timing_summary(self) -> str:
+        if not self.busy_seconds:
+            return "no steps served"
+        outside = 1.0 - self.model_seconds / self.busy_seconds
+        return (f"{self.busy_seconds:.3f} s serving requests ({1e3 * self.busy_seconds / self.steps:.2f} ms/step), "
+                f"{100 * outside:.1f}% of it outside the model")
 
     def _observe(self, cell, pred) -> None:
         if self.monitor is None:
@@ -264,7 +277,7 @@ def serve(driver: Driver) -> int:
         client.connect()
         log.info("connected to i-PI at %s", client.describe())
         driver.run()
-        log.info("i-PI sent EXIT after %d steps", driver.steps)
+        log.info("i-PI sent EXIT after %d steps; %s", driver.steps, driver.timing_summary())
         return 0
     except ServerGoneError as exc:
         log.error("%s (after %d steps)", exc, driver.steps)

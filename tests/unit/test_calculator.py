@@ -75,6 +75,9 @@ def test_results_contents(model_path, crystal):
     assert r["energy_uncertainty"] > 0
     assert r["energy_members"].shape == (3,)
     assert np.isclose(r["energy_members"].mean(), e)
+    # ASE's typed results API accepts every extra result
+    props = calc.calculate_properties(crystal, ["energy"])
+    assert props["energy_sigma"].shape == (n,) and props["ensemble_size"] == 3
 
 
 def test_molecule_without_cell_has_no_stress(model_path):
@@ -138,13 +141,14 @@ def test_close_contact_is_flagged_and_warned(model_path, crystal):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         crystal.get_potential_energy()  # the rattled crystal is inside the training range
-    assert calc.results["close_contacts"].size == 0
+    assert calc.results["close_contact"].sum() == 0
     squeezed = crystal.copy()
     squeezed.positions[1] = squeezed.positions[0] + [0.8 * closest, 0, 0]
     squeezed.calc = calc
     with pytest.warns(CloseContactWarning, match="closer to a neighbour than any pair in the training data"):
         squeezed.get_potential_energy()
-    assert {0, 1} <= set(calc.results["close_contacts"].tolist())
+    assert calc.results["close_contact"][[0, 1]].tolist() == [1, 1]
+    assert {0, 1} <= set(calc.last_prediction.close_contacts.tolist())
     assert calc.results["min_distance_ratio"][0] == pytest.approx(0.8, abs=1e-6)
     squeezed.calc = MLIPCalculator(model_path, close_contact="raise")
     with pytest.raises(InvalidStructureError, match="extrapolating"):
