@@ -170,6 +170,15 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .uq.calibration import calibrate_file, markdown
+
+    report = calibrate_file(args.model, args.data, args.output, test=args.test, report_stem=args.report)
+    print(markdown(report))
+    print(f"wrote {args.output} and {', '.join(report['reports'])}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .model.io import read_metadata, resolve_model_path
 
@@ -266,6 +275,29 @@ def cmd_ipi(args) -> int:
             evaluator.shutdown()
 
 
+def _add_lammps(sub) -> None:
+    p = sub.add_parser("lammps-plugin-path", help="print the path of the LAMMPS plugin (.so) for `plugin load`, "
+                       "building it with CMake on first use")
+    p.add_argument("--rebuild", action="store_true", help="build the plugin again even if a cached build exists")
+    p.add_argument("--no-build", action="store_true", help="fail instead of building when no cached plugin exists")
+    p.add_argument("--info", action="store_true", help="also print the build record (versions, build time) to stderr")
+    p.set_defaults(func=cmd_lammps_plugin_path)
+
+
+def cmd_lammps_plugin_path(args) -> int:
+    from .engines.lammps import PluginBuildError, build_info, plugin_path
+
+    try:
+        path = plugin_path(build=not args.no_build, rebuild=args.rebuild, verbose=True)
+    except PluginBuildError as exc:
+        print(f"mlip-md lammps-plugin-path: error: {exc}", file=sys.stderr)
+        return 2
+    if args.info:
+        print(json.dumps(build_info(path), indent=1), file=sys.stderr)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlip-md", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
@@ -288,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(sub)
     _add_ipi(sub)
+    _add_lammps(sub)
 
     p = sub.add_parser("check", help="conformance check of a model file (exit 1 on failure)")
     p.add_argument("model", nargs="?", default=None, help="model file (default: shipped model)")
@@ -299,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path)
     p.add_argument("--json", type=Path)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit the variance scale of energies and forces on labelled data")
+    p.add_argument("model", type=Path)
+    p.add_argument("data", type=Path, help="labelled validation structures (energy and forces)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="calibrated model file to write")
+    p.add_argument("--test", type=Path, help="held-out structures to report calibration quality on")
+    p.add_argument("--report", type=Path, help="stem of the report files (default: OUTPUT without suffix)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("info", help="print a model file's metadata")
     p.add_argument("model", nargs="?", default=None)

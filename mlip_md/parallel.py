@@ -100,6 +100,7 @@ class ParallelPredictor:
             energy_members=total(part.energy_members),
             energy_sigma=total(part.energy_sigma),
             mahalanobis=total(part.mahalanobis),
+            d_min=total(part.d_min),
             min_distance=total(part.min_distance),
             min_distance_ratio=total(part.min_distance_ratio),
             features=None,  # not reduced: per-atom descriptors stay on their rank

@@ -40,6 +40,7 @@ class Prediction:
     energy_uncertainty: float = 0.0  # calibrated std of the total energy over members, eV
     energy_sigma: Optional[np.ndarray] = None  # [N] eV (calibrated)
     mahalanobis: Optional[np.ndarray] = None  # [N]
+    d_min: Optional[np.ndarray] = None  # [N], kernel distance to the training reference set
     min_distance: Optional[np.ndarray] = None  # [N] Å
     min_distance_ratio: Optional[np.ndarray] = None  # [N]
     features: Optional[np.ndarray] = None  # [N, D]
@@ -180,7 +181,7 @@ class Predictor:
             energy_members=members,
             energy_uncertainty=float(totals.std(ddof=1) * self.energy_scale) if len(totals) > 1 else 0.0,
         )
-        for key in ("energy_sigma", "mahalanobis", "min_distance", "min_distance_ratio", "features"):
+        for key in ("energy_sigma", "mahalanobis", "d_min", "min_distance", "min_distance_ratio", "features"):
             if key in out:
                 setattr(pred, key, out[key].detach().to(torch.float64).cpu().numpy())
         if force_sigma and "member_edge_grad" in out:
@@ -221,6 +222,7 @@ def _unpermute(part: Prediction, order: np.ndarray, n_local: int) -> Prediction:
         energy_members=members,
         energy_sigma=pad(part.energy_sigma),
         mahalanobis=pad(part.mahalanobis),
+        d_min=pad(part.d_min),
         min_distance=pad(part.min_distance),
         min_distance_ratio=pad(part.min_distance_ratio),
         features=pad(part.features),

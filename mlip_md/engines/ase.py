@@ -114,7 +114,7 @@ class MLIPCalculator(Calculator):
         }
         if pred.stress is not None:
             results["stress"] = full_3x3_to_voigt_6_stress(pred.stress)
-        for key in ("energy_sigma", "mahalanobis", "min_distance", "min_distance_ratio", "force_sigma"):
+        for key in ("energy_sigma", "mahalanobis", "d_min", "min_distance", "min_distance_ratio", "force_sigma"):
             value = getattr(pred, key)
             if value is not None:
                 results[key] = value

@@ -13,7 +13,8 @@ EXIT ends the run. Byte-level encoding and unit conversion live in the C++ codec
 Extras every step (JSON): ``committee_pot`` (Hartree, one per member; ``--committee full`` adds
 ``committee_force`` and ``committee_virial``) for i-PI's ``<ffcommittee parse_json='true'>``,
 and mlip_md's monitor values (eV, Å): ``energy_uncertainty``, ``energy_sigma_max``,
-``force_sigma_max``, ``mahalanobis_max``, ``min_distance_ratio_min``, ``flagged``.
+``force_sigma_max``, ``mahalanobis_max``, ``d_min_max``, ``min_distance_ratio_min`` and
+``flagged`` (atoms beyond the model's T^2 / d_min thresholds or closer than any training pair).
 """
 from __future__ import annotations
 
@@ -155,6 +156,8 @@ class Driver:
         self.on_step = on_step
         per_element = model.metadata.get("monitors", {}).get("mahalanobis", {}).get("per_element", {})
         self.t2_threshold = max((v["empirical"] for v in per_element.values()), default=np.inf)
+        d_elements = model.metadata.get("monitors", {}).get("d_min", {}).get("per_element", {})
+        self.d_min_threshold = max((v["empirical"] for v in d_elements.values()), default=np.inf)
         self.initialised = False
         self.reply: Optional[bytes] = None
         self.positions: Optional[np.ndarray] = None
@@ -257,6 +260,9 @@ class Driver:
         if pred.mahalanobis is not None:
             extras["mahalanobis_max"] = float(pred.mahalanobis.max())
             flagged = np.flatnonzero(pred.mahalanobis > self.t2_threshold)
+        if pred.d_min is not None:
+            extras["d_min_max"] = float(pred.d_min.max())
+            flagged = np.union1d(flagged, np.flatnonzero(pred.d_min > self.d_min_threshold))
         if pred.min_distance_ratio is not None:
             extras["min_distance_ratio_min"] = float(pred.min_distance_ratio.min())
             flagged = np.union1d(flagged, np.flatnonzero(pred.min_distance_ratio < 1.0))

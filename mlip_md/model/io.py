@@ -30,6 +30,10 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+#: buffers added after format version 1 was fixed; files without them still load
+OPTIONAL_BUFFERS = ("reference_features", "reference_count", "kernel_length")
+
+
 def default_model_path() -> Path:
     """The Cu model shipped inside the package."""
     return Path(__file__).resolve().parent.parent / "data" / "cu_default.pt"
@@ -260,5 +264,9 @@ def load_potential(path: PathLike) -> MLIPotential:
     config = ModelConfig.from_dict(model.metadata["model_config"])
     module = MLIPotential(config)
     state = {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in model.module.state_dict().items()}
-    module.load_state_dict(state)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [name for name in missing if name not in OPTIONAL_BUFFERS]  # older files lack them
+    if missing or unexpected:
+        raise ModelFileError(f"{path}: weights do not match the architecture in its metadata "
+                             f"(missing {missing}, unexpected {unexpected}); re-export the model")
     return module.to(torch.float64)

@@ -55,7 +55,8 @@ class MLIPotential(torch.nn.Module):
       mahalanobis [n] (T^2 of the features against the training distribution of the element),
       min_distance [n] (Å, inf without neighbours), min_distance_ratio [n] (min over neighbours
       of r_ij / smallest r seen in training for that element pair; < 1 means closer than ever
-      seen), and ``force_sigma`` [n, 3] when requested through ``evaluate``.
+      seen), d_min [n] (kernel distance to the training reference set, when fitted), and
+      ``member_edge_grad`` [K, E, 3] when requested through ``evaluate``.
     """
 
     def __init__(self, config: ModelConfig):
@@ -93,6 +94,19 @@ class MLIPotential(torch.nn.Module):
         self.register_buffer("domain_mean", torch.zeros(len(numbers), n_features))
         self.register_buffer("domain_precision", torch.zeros(len(numbers), n_features, n_features))
         self.register_buffer("pair_min_distance", torch.zeros(len(numbers), len(numbers)))
+        # Kernel-distance reference environments per element (see mlip_md.domain.kernel);
+        # empty until fitted, then d_min is among the outputs.
+        self.register_buffer("reference_features", torch.zeros(len(numbers), 0, n_features))
+        self.register_buffer("reference_count", torch.zeros(len(numbers), dtype=torch.long))
+        self.register_buffer("kernel_length", torch.ones(()))
+
+    @torch.jit.unused
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the reference set's size is data-dependent: take the incoming shape
+        key = prefix + "reference_features"
+        if key in state_dict:
+            self.reference_features = torch.zeros_like(state_dict[key], dtype=self.reference_features.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ helpers
     def species_index(self, species: torch.Tensor) -> torch.Tensor:
@@ -138,6 +152,24 @@ class MLIPotential(torch.nn.Module):
                 delta.unsqueeze(1), self.domain_precision[local_species]
             ).squeeze(1)
         return (projected * delta).sum(dim=1)
+
+    def kernel_distance(self, features: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
+        """d_min [n] = min over the element's reference environments t of
+        sqrt(2 - 2 exp(-|x - t|^2 / (2 l^2))) (0 on reference points, < sqrt 2)."""
+        nearest = torch.full((features.shape[0],), float("inf"), dtype=features.dtype, device=features.device)
+        for s in range(self.n_species):
+            count = int(self.reference_count[s])
+            if count == 0:
+                continue
+            rows = torch.nonzero(local_species == s).squeeze(1)
+            if rows.numel() == 0:
+                continue
+            x = features.index_select(0, rows)
+            refs = self.reference_features[s, :count]
+            d2 = (x * x).sum(dim=1, keepdim=True) + (refs * refs).sum(dim=1) - 2.0 * (x @ refs.T)
+            nearest = nearest.index_copy(0, rows, d2.clamp_min(0.0).min(dim=1)[0])
+        kernel = torch.exp(-nearest / (2.0 * self.kernel_length * self.kernel_length))
+        return torch.sqrt((2.0 - 2.0 * kernel).clamp_min(0.0))
 
     def contact_distances(
         self,
@@ -222,6 +254,8 @@ class MLIPotential(torch.nn.Module):
             nearest, ratio = self.contact_distances(species_index, edge_index, edge_vectors, n_local)
             out["min_distance"] = nearest
             out["min_distance_ratio"] = ratio
+            if self.reference_features.shape[1] > 0:
+                out["d_min"] = self.kernel_distance(detached, local_species)
         if compute_force_sigma:
             out["member_edge_grad"] = self.member_edge_grads(members, vectors)
         return out

@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 
 from ..model.assemble import member_forces_from_edge_grad
+from ..domain.kernel import fit_reference_set
 from ..model.potential import MLIPotential
 from .data import LabelledGraph, collate
 
@@ -63,11 +64,13 @@ def fit_normalisation(model: MLIPotential, graphs: Sequence[LabelledGraph]) -> D
 
 
 def fit_domain_statistics(
-    model: MLIPotential, graphs: Sequence[LabelledGraph], shrinkage: float = 0.05, quantile: float = 0.999
+    model: MLIPotential, graphs: Sequence[LabelledGraph], shrinkage: float = 0.05, quantile: float = 0.999,
+    reference_size: int = 256,
 ) -> Dict[str, object]:
-    """Per-element mean and regularised precision of the standardised features, and the
-    smallest distance seen for every element pair. Thresholds for T^2: chi^2 quantile with
-    D degrees of freedom and the empirical quantile of the training set."""
+    """Per-element mean and regularised precision of the standardised features, the smallest
+    distance seen for every element pair, and the kernel-distance reference set. Thresholds for
+    T^2: chi^2 quantile with D degrees of freedom and the empirical quantile of the training set;
+    for d_min: the quantile over held-out training environments."""
     raw, species = raw_features(model, graphs)
     features = ((raw - model.feature_mean) / model.feature_scale).to(torch.float64)
     d = features.shape[1]
@@ -104,7 +107,17 @@ def fit_domain_statistics(
     unseen = ~torch.isfinite(closest)
     closest[unseen] = 0.0  # unseen pairs: no reference, ratio stays large
     model.pair_min_distance.copy_(closest)
-    return {"mahalanobis": {"quantile": quantile, "shrinkage": shrinkage, "per_element": thresholds}}
+    refs, counts, length, d_thresholds = fit_reference_set(
+        features.numpy(), species.numpy(), model.n_species, size=reference_size, quantile=quantile)
+    model.reference_features = torch.as_tensor(refs, dtype=model.feature_mean.dtype)
+    model.reference_count.copy_(torch.as_tensor(counts))
+    model.kernel_length.fill_(length)
+    numbers = model.atomic_numbers.tolist()
+    return {
+        "mahalanobis": {"quantile": quantile, "shrinkage": shrinkage, "per_element": thresholds},
+        "d_min": {"quantile": quantile, "kernel_length": length, "reference_size": int(counts.max(initial=0)),
+                  "per_element": {str(numbers[s]): v for s, v in d_thresholds.items()}},
+    }
 
 
 def evaluate_errors(model: MLIPotential, graphs: Sequence[LabelledGraph], batch_size: int = 16) -> Dict[str, object]:

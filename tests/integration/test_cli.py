@@ -35,6 +35,13 @@ def data_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def small_data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "cu_small.extxyz"
+    write(path, emt_cu_frames(10, seed=8))
+    return path
+
+
 def test_console_script_is_installed():
     proc = subprocess.run(["mlip-md", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "mlip_md" in proc.stdout
@@ -57,11 +64,11 @@ def test_train_check_evaluate_info(tmp_path, data_file):
     assert info["provenance"]["reference"] == "emt" and info["ensemble_size"] == 2
 
 
-def test_train_resumes_after_kill_minus_9(tmp_path, data_file):
+def test_train_resumes_after_kill_minus_9(tmp_path, small_data_file):
     """Kill the trainer mid-run; re-running with --resume gives the same model as an
     uninterrupted run, epoch for epoch."""
-    args = ["train", data_file, "--ensemble", "2", "--epochs", "25", "--no-progress", "--dtype", "float64",
-            *TINY_ARGS]
+    args = ["train", small_data_file, "--ensemble", "2", "--epochs", "8", "--no-progress", "--dtype", "float64",
+            "--val-fraction", "0.2", *TINY_ARGS]
     reference = tmp_path / "reference.pt"
     mlip_md(*args, "-o", reference)
 
@@ -79,7 +86,7 @@ def test_train_resumes_after_kill_minus_9(tmp_path, data_file):
                 epoch = torch.load(member, weights_only=False)["epoch"]
             except Exception:
                 epoch = 0
-            if epoch >= 5:
+            if epoch >= 3:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 killed_at = epoch

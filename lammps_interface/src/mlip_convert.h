@@ -1,0 +1,49 @@
+// LAMMPS arrays <-> model buffers: edges from the full neighbour list, species from the
+// type map, and forces / per-atom energies / virial / per-atom virial written back.
+// Plain loops over raw arrays; the model buffers are wrapped as tensors in mlip_model.cpp.
+#ifndef MLIP_CONVERT_H
+#define MLIP_CONVERT_H
+
+#include "mlip_model.h"
+
+#include <vector>
+
+namespace MLIP {
+
+// Neighbour-list view (LAMMPS NeighList fields).
+struct NeighView {
+  int inum;
+  const int *ilist;
+  const int *numneigh;
+  int *const *firstneigh;
+};
+
+// Fill `batch` for all owned + ghost atoms: species[k] = type_to_z[type[k]] (types mapped to
+// NULL, z = 0, get `unused_z` and no edges), one edge i -> j per neighbour j of owned atom i
+// closer than sqrt(cutsq), vectors r_j - r_i.
+void build_batch(double *const *x, const int *type, int nlocal, int nall, const NeighView &list,
+                 const std::vector<int> &type_to_z, int unused_z, double cutsq, EdgeBatch &batch);
+
+struct Tally {
+  double energy = 0.0;      // sum of per-atom energies of owned atoms (eV)
+  double virial[6] = {};    // xx yy zz xy xz yz (eV), W = -sum r_ij (x) g_ij
+  int bad_atom = -1;        // local index of an atom with non-finite energy or force, else -1
+};
+
+// F_i += g_ij, F_j -= g_ij on owned and ghost atoms (ghosts are reverse-communicated by
+// LAMMPS); per-atom energies into eatom, the global virial when `virial` is true and the
+// per-atom virial (half of each edge term to each end) into vatom when given.
+Tally write_results(const EdgeBatch &batch, const ModelOutput &out, const int *type,
+                    const std::vector<int> &type_to_z, double **f, double *eatom, bool virial,
+                    double **vatom);
+
+// Per-member forces fm[atom][3*k + d] (owned + ghost rows, zeroed here) from member_edge_grad.
+void member_forces(const EdgeBatch &batch, const ModelOutput &out, int nall, double **fm);
+
+// Calibrated force std over members (ddof = 1) per owned atom: largest of the 3 components.
+void force_sigma_from_members(double *const *fm, int nlocal, int n_members, double scale,
+                              double *sigma);
+
+}    // namespace MLIP
+
+#endif

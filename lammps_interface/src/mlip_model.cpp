@@ -1,0 +1,278 @@
+#include "mlip_model.h"
+
+#include "mlip_json.h"
+
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <unordered_map>
+
+namespace MLIP {
+
+namespace {
+
+const char *const kSymbols[] = {
+    "X",  "H",  "He", "Li", "Be", "B",  "C",  "N",  "O",  "F",  "Ne", "Na", "Mg", "Al", "Si",
+    "P",  "S",  "Cl", "Ar", "K",  "Ca", "Sc", "Ti", "V",  "Cr", "Mn", "Fe", "Co", "Ni", "Cu",
+    "Zn", "Ga", "Ge", "As", "Se", "Br", "Kr", "Rb", "Sr", "Y",  "Zr", "Nb", "Mo", "Tc", "Ru",
+    "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I",  "Xe", "Cs", "Ba", "La", "Ce", "Pr",
+    "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "Lu", "Hf", "Ta", "W",
+    "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "Po", "At", "Rn", "Fr", "Ra", "Ac",
+    "Th", "Pa", "U",  "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es", "Fm", "Md", "No", "Lr", "Rf",
+    "Db", "Sg", "Bh", "Hs", "Mt", "Ds", "Rg", "Cn", "Nh", "Fl", "Mc", "Lv", "Ts", "Og"};
+const int kMaxZ = 118;
+const char *const kMetadataName = "mlip_md.json";
+const char *const kFormatName = "mlip_md.model";
+const int kFormatVersion = 1;
+
+// The useful part of a libtorch / TorchScript exception: TorchScript tracebacks end with the
+// Python-level message ("builtins.ValueError: ..."), C++ errors start with it.
+std::string short_message(const std::exception &e, bool last_line)
+{
+  std::istringstream in(e.what());
+  std::string line, first, last;
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    if (first.empty()) first = line;
+    last = line;
+  }
+  std::string out = last_line ? last : first;
+  const std::string prefix = "builtins.";
+  if (out.compare(0, prefix.size(), prefix) == 0) out = out.substr(prefix.size());
+  return out.empty() ? std::string("unknown error") : out;
+}
+
+double number_or(const JsonValue *v, double fallback)
+{
+  return (v && v->is_number()) ? v->number : fallback;
+}
+
+}    // namespace
+
+int atomic_number(const std::string &symbol)
+{
+  for (int z = 1; z <= kMaxZ; ++z)
+    if (symbol == kSymbols[z]) return z;
+  return 0;
+}
+
+const char *element_symbol(int z)
+{
+  return (z >= 1 && z <= kMaxZ) ? kSymbols[z] : nullptr;
+}
+
+bool ModelInfo::knows(int z) const
+{
+  for (int a : atomic_numbers)
+    if (a == z) return true;
+  return false;
+}
+
+std::string ModelInfo::element_list() const
+{
+  std::string out;
+  for (size_t k = 0; k < atomic_numbers.size(); ++k) {
+    if (k) out += ", ";
+    const char *s = element_symbol(atomic_numbers[k]);
+    out += s ? s : std::to_string(atomic_numbers[k]);
+  }
+  return out;
+}
+
+struct Model::Impl {
+  torch::jit::Module module;
+  c10::Device device{torch::kCPU};
+  torch::Dtype dtype = torch::kFloat64;
+  std::vector<torch::Tensor> keep;    // outputs behind the pointers of the last ModelOutput
+};
+
+Model::Model() = default;
+Model::~Model() = default;
+
+bool Model::loaded() const
+{
+  return impl_ != nullptr;
+}
+
+static ModelInfo parse_metadata(const std::string &path, const std::string &text)
+{
+  JsonValue meta;
+  try {
+    meta = parse_json(text);
+  } catch (std::exception &e) {
+    throw std::runtime_error("model file " + path + ": " + e.what() + "; re-export the model");
+  }
+  const JsonValue *format = meta.get("format");
+  if (!format || !format->is_string() || format->text != kFormatName)
+    throw std::runtime_error("model file " + path + " is not an mlip_md model (metadata format is not '" +
+                             std::string(kFormatName) + "')");
+  ModelInfo info;
+  info.path = path;
+  const JsonValue *version = meta.get("format_version");
+  if (!version || !version->is_number())
+    throw std::runtime_error("model file " + path + ": metadata has no format_version; re-export the model");
+  info.format_version = static_cast<int>(version->number);
+  if (info.format_version > kFormatVersion)
+    throw std::runtime_error("model file " + path + " uses model format " +
+                             std::to_string(info.format_version) + ", newer than this plugin reads (" +
+                             std::to_string(kFormatVersion) + "); rebuild the plugin from a newer mlip_md");
+  for (const char *key : {"atomic_numbers", "cutoff", "dtype", "ensemble_size"})
+    if (!meta.get(key))
+      throw std::runtime_error("model file " + path + ": metadata lacks '" + key + "'; re-export the model");
+  const JsonValue *numbers = meta.get("atomic_numbers");
+  if (numbers->type != JsonValue::Array || numbers->items.empty())
+    throw std::runtime_error("model file " + path + ": metadata atomic_numbers is not a non-empty list");
+  for (const JsonValue &z : numbers->items) {
+    if (!z.is_number() || !element_symbol(static_cast<int>(z.number)))
+      throw std::runtime_error("model file " + path + ": metadata atomic_numbers holds an invalid entry");
+    info.atomic_numbers.push_back(static_cast<int>(z.number));
+  }
+  info.cutoff = number_or(meta.get("cutoff"), 0.0);
+  if (!(info.cutoff > 0.0) || !std::isfinite(info.cutoff))
+    throw std::runtime_error("model file " + path + ": metadata cutoff must be a positive number (Angstrom)");
+  const JsonValue *dtype = meta.get("dtype");
+  info.dtype = dtype->is_string() ? dtype->text : "";
+  if (info.dtype != "float64" && info.dtype != "float32")
+    throw std::runtime_error("model file " + path + ": metadata dtype must be float64 or float32, got '" +
+                             info.dtype + "'");
+  info.ensemble_size = static_cast<int>(number_or(meta.get("ensemble_size"), 1.0));
+  if (info.ensemble_size < 1)
+    throw std::runtime_error("model file " + path + ": metadata ensemble_size must be >= 1");
+  if (const JsonValue *cal = meta.get("calibration")) {
+    info.energy_variance_scale = number_or(cal->get("energy_variance_scale"), 1.0);
+    info.force_variance_scale = number_or(cal->get("force_variance_scale"), 1.0);
+  }
+  if (const JsonValue *units = meta.get("units")) {
+    const JsonValue *length = units->get("length");
+    const JsonValue *energy = units->get("energy");
+    if ((length && length->text != "angstrom") || (energy && energy->text != "eV"))
+      throw std::runtime_error("model file " + path +
+                               ": model units are not angstrom/eV; pair_style mlip needs units metal");
+  }
+  return info;
+}
+
+void Model::load(const std::string &path, const std::string &device)
+{
+  impl_.reset();
+  {
+    std::ifstream file(path, std::ios::binary);
+    if (!file)
+      throw std::runtime_error("model file " + path +
+                               " does not exist or cannot be read; give the path of a .pt file "
+                               "written by mlip-md train / mlip_md.model.save_model");
+    char magic[4] = {0, 0, 0, 0};
+    file.read(magic, 4);
+    if (file.gcount() < 4 || std::memcmp(magic, "PK\x03\x04", 4) != 0)
+      throw std::runtime_error("model file " + path +
+                               " is not a TorchScript archive (corrupt or truncated?); re-export it "
+                               "with mlip_md.model.save_model or mlip-md train");
+  }
+  auto impl = std::make_unique<Impl>();
+  try {
+    impl->device = c10::Device(device);
+  } catch (std::exception &) {
+    throw std::runtime_error("unknown device '" + device + "'; use cpu or cuda");
+  }
+  if (impl->device.is_cuda() && !torch::cuda::is_available())
+    throw std::runtime_error("device " + device +
+                             " requested but this libtorch has no usable CUDA device; use device cpu");
+
+  torch::jit::ExtraFilesMap extra{{kMetadataName, ""}};
+  try {
+    impl->module = torch::jit::load(path, impl->device, extra);
+  } catch (std::exception &e) {
+    throw std::runtime_error("could not load TorchScript model " + path + " (corrupt or truncated?): " +
+                             short_message(e, false) + "; re-export it");
+  }
+  const std::string &text = extra[kMetadataName];
+  if (text.empty())
+    throw std::runtime_error("model file " + path + " is a TorchScript file but not an mlip_md model (no " +
+                             kMetadataName + " metadata); export models with mlip_md.model.save_model");
+  info_ = parse_metadata(path, text);
+  if (!impl->module.find_method("evaluate"))
+    throw std::runtime_error("model file " + path +
+                             " has no exported 'evaluate' method; re-export it with this mlip_md version");
+  impl->module.eval();
+  impl->dtype = info_.dtype == "float32" ? torch::kFloat32 : torch::kFloat64;
+  impl_ = std::move(impl);
+}
+
+ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_sigma)
+{
+  if (!impl_) throw std::runtime_error("no model loaded");
+  Impl &m = *impl_;
+  m.keep.clear();
+  torch::AutoGradMode grad_mode(true);    // forces come from autograd inside the model
+
+  const int64_t n_all = static_cast<int64_t>(batch.species.size());
+  const int64_t n_edges = static_cast<int64_t>(batch.n_edges());
+  auto as_long = torch::TensorOptions().dtype(torch::kLong);
+  auto as_double = torch::TensorOptions().dtype(torch::kFloat64);
+
+  torch::Tensor species = torch::empty({n_all}, as_long);
+  if (n_all) std::memcpy(species.data_ptr<int64_t>(), batch.species.data(), n_all * sizeof(int64_t));
+  torch::Tensor edge_index = torch::empty({2, n_edges}, as_long);
+  torch::Tensor vectors;
+  if (n_edges) {
+    std::memcpy(edge_index.data_ptr<int64_t>(), batch.src.data(), n_edges * sizeof(int64_t));
+    std::memcpy(edge_index.data_ptr<int64_t>() + n_edges, batch.dst.data(), n_edges * sizeof(int64_t));
+    // zero-copy view of the host buffer; the model detaches it before taking gradients
+    vectors = torch::from_blob(const_cast<double *>(batch.vectors.data()), {n_edges, 3}, as_double);
+  } else {
+    vectors = torch::zeros({0, 3}, as_double);
+  }
+  if (m.dtype != torch::kFloat64) vectors = vectors.to(m.dtype);
+  if (!m.device.is_cpu()) {
+    species = species.to(m.device);
+    edge_index = edge_index.to(m.device);
+    vectors = vectors.to(m.device);
+  }
+
+  c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
+  try {
+    std::vector<torch::jit::IValue> args{species,         edge_index, vectors,
+                                         int64_t(batch.n_local), monitors, force_sigma};
+    dict = m.module.get_method("evaluate")(std::move(args)).toGenericDict();
+  } catch (std::exception &e) {
+    throw std::runtime_error("model evaluation failed: " + short_message(e, true));
+  }
+
+  const int64_t n_local = batch.n_local;
+  auto fetch = [&](const char *key, int64_t expected, bool required) -> const double * {
+    auto it = dict.find(std::string(key));
+    if (it == dict.end()) {
+      if (required) throw std::runtime_error(std::string("model output lacks '") + key + "'");
+      return nullptr;
+    }
+    torch::Tensor t = it->value().toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    if (expected >= 0 && t.numel() != expected)
+      throw std::runtime_error(std::string("model output '") + key + "' has " + std::to_string(t.numel()) +
+                               " values, expected " + std::to_string(expected));
+    m.keep.push_back(t);
+    return t.data_ptr<double>();
+  };
+
+  ModelOutput out;
+  out.atomic_energy = fetch("atomic_energy", n_local, true);
+  out.edge_grad = fetch("edge_grad", 3 * n_edges, true);
+  out.energy_members = fetch("energy_members", -1, true);
+  const int64_t n_members_values = m.keep.back().numel();
+  out.n_members = n_local > 0 ? static_cast<int>(n_members_values / n_local) : info_.ensemble_size;
+  if (monitors) {
+    out.energy_sigma = fetch("energy_sigma", n_local, false);
+    out.mahalanobis = fetch("mahalanobis", n_local, false);
+    out.d_min = fetch("d_min", n_local, false);
+    out.min_distance = fetch("min_distance", n_local, false);
+    out.min_distance_ratio = fetch("min_distance_ratio", n_local, false);
+  }
+  if (force_sigma) out.member_edge_grad = fetch("member_edge_grad", int64_t(out.n_members) * 3 * n_edges, true);
+  return out;
+}
+
+}    // namespace MLIP

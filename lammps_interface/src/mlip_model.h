@@ -1,0 +1,82 @@
+// Loading an exported mlip_md model (TorchScript + mlip_md.json metadata) and calling its
+// `evaluate` method. This is the only file that includes libtorch; the rest of the plugin
+// sees plain float64 buffers (see DESIGN.md, "The exported model").
+#ifndef MLIP_MODEL_H
+#define MLIP_MODEL_H
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace MLIP {
+
+// What the plugin needs from the metadata.
+struct ModelInfo {
+  std::string path;
+  int format_version = 0;
+  std::vector<int> atomic_numbers;    // elements the model knows
+  double cutoff = 0.0;                // Angstrom
+  std::string dtype;                  // "float64" or "float32"
+  int ensemble_size = 1;
+  double energy_variance_scale = 1.0;
+  double force_variance_scale = 1.0;
+  bool knows(int z) const;
+  std::string element_list() const;    // "Cu, Ni"
+};
+
+// Model inputs in the contract's layout, filled by mlip_convert:
+// species [n_all] atomic numbers; edges e = (src[e] centre < n_local, dst[e] neighbour);
+// vectors [E*3] = r_dst - r_src (Angstrom).
+struct EdgeBatch {
+  int n_local = 0;
+  std::vector<int64_t> species;
+  std::vector<int64_t> src, dst;
+  std::vector<double> vectors;
+  size_t n_edges() const { return src.size(); }
+};
+
+// Float64 host views of the model outputs; valid until the next evaluate().
+// Optional outputs are nullptr when the model did not return them.
+struct ModelOutput {
+  int n_members = 1;
+  const double *atomic_energy = nullptr;       // [n_local] eV
+  const double *edge_grad = nullptr;           // [E*3] dE/d(vectors)
+  const double *energy_members = nullptr;      // [K*n_local]
+  const double *energy_sigma = nullptr;        // [n_local] eV (calibrated by the model)
+  const double *mahalanobis = nullptr;         // [n_local]
+  const double *d_min = nullptr;               // [n_local]
+  const double *min_distance = nullptr;        // [n_local] Angstrom
+  const double *min_distance_ratio = nullptr;  // [n_local]
+  const double *member_edge_grad = nullptr;    // [K*E*3]
+};
+
+class Model {
+ public:
+  Model();
+  ~Model();
+  Model(const Model &) = delete;
+  Model &operator=(const Model &) = delete;
+
+  // Load the file on `device` ("cpu", "cuda", "cuda:1"); throws std::runtime_error with a
+  // message meant for the user (missing file, not a model, corrupt, bad metadata).
+  void load(const std::string &path, const std::string &device);
+  bool loaded() const;
+  const ModelInfo &info() const { return info_; }
+
+  // Run model.evaluate(...) with grad mode on; throws std::runtime_error.
+  ModelOutput evaluate(const EdgeBatch &batch, bool monitors, bool force_sigma);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  ModelInfo info_;
+};
+
+// Periodic table helpers: 0 / nullptr when unknown.
+int atomic_number(const std::string &symbol);
+const char *element_symbol(int z);
+
+}    // namespace MLIP
+
+#endif

@@ -1,0 +1,80 @@
+// pair_style mlip: an exported mlip_md model (TorchScript + metadata) as a LAMMPS pair style.
+//
+//   pair_style mlip model.pt [device cpu|cuda] [uncertainty_every N]
+//              [monitor energy_sigma|force_sigma|mahalanobis|d_min]
+//              [dump_above X file F] [halt_above Y]
+//   pair_coeff * * Cu Ni ...      (one element per atom type, NULL for types left to hybrid)
+//
+// Full neighbour list, newton on; forces on ghosts are reverse-communicated by LAMMPS.
+// The model call, autograd and uncertainty come from the model (mlip_model), the array
+// conversions from mlip_convert and the monitor actions from mlip_monitor.
+#ifndef LMP_PAIR_MLIP_H
+#define LMP_PAIR_MLIP_H
+
+#include "pair.h"
+
+#include "mlip_model.h"
+#include "mlip_monitor.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class PairMLIP : public Pair {
+ public:
+  PairMLIP(class LAMMPS *);
+  ~PairMLIP() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+  void setup() override;
+  void finish() override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+  double memory_usage() override;
+
+  // Per-atom monitor values of owned atoms for compute mlip/atom. ensure_monitors() makes
+  // them current for this step (re-evaluating the model if the last force call did not
+  // compute them); collective.
+  void ensure_monitors(bool need_force_sigma);
+  MLIP::PerAtomMonitors monitors() const;
+  const double *min_distance() const { return mon_min_distance; }
+  const double *min_distance_ratio() const { return mon_min_ratio; }
+
+ protected:
+  MLIP::Model model;
+  std::string model_path, device;
+  MLIP::MonitorSettings monitor_settings;
+  std::unique_ptr<MLIP::Monitor> monitor;
+  std::vector<int> type_to_z;    // [ntypes+1], 0 = NULL
+  MLIP::EdgeBatch batch;
+  double cutoff;
+
+  // per-atom monitor values (owned atoms) and the step they belong to
+  int nmax_monitor;
+  double *mon_energy_sigma, *mon_force_sigma, *mon_mahalanobis, *mon_d_min;
+  double *mon_min_distance, *mon_min_ratio;
+  bigint monitor_step;
+  bool monitor_has_force_sigma, monitor_has_d_min;
+  // per-member forces [nmax][3K] for force sigma (reverse-communicated)
+  int nmax_members;
+  double **member_f;
+
+  // timing of the last run (printed by finish()): model calls vs. LAMMPS <-> model conversion
+  double time_model, time_convert;
+  bigint model_calls;
+
+  void allocate();
+  void demand(bool &monitors, bool &force_sigma, bool &check);
+  MLIP::ModelOutput run_model(bool monitors, bool force_sigma, bool &ran);
+  void store_monitors(const MLIP::ModelOutput &out, bool force_sigma);
+};
+
+}    // namespace LAMMPS_NS
+
+#endif

