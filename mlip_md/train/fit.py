@@ -69,11 +69,11 @@ def fit_domain_statistics(
 ) -> Dict[str, object]:
     """Per-element mean and regularised precision of the standardised features, the smallest
     distance seen for every element pair, and the kernel-distance reference set. Thresholds for
-    T^2: chi^2 quantile with D degrees of freedom and the empirical quantile of the training set;
-    for d_min: the quantile over held-out training environments."""
+    T^2: the chi^2 quantile with the effective degrees of freedom tr(Sigma_reg^-1 Sigma) (= D for
+    an unshrunk, full-rank covariance) and the empirical quantile of the training set; for
+    d_min: the quantile over held-out training environments."""
     raw, species = raw_features(model, graphs)
     features = ((raw - model.feature_mean) / model.feature_scale).to(torch.float64)
-    d = features.shape[1]
     thresholds = {}
     for s, z in enumerate(model.atomic_numbers.tolist()):
         x = features[species == s]
@@ -81,15 +81,19 @@ def fit_domain_statistics(
             continue
         mu = x.mean(dim=0)
         cov = torch.cov(x.T)
-        target = torch.eye(d, dtype=cov.dtype) * cov.diagonal().mean()
+        target = torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean()
         cov_reg = (1 - shrinkage) * cov + shrinkage * target
         precision = torch.linalg.inv(cov_reg)
         model.domain_mean[s].copy_(mu)
         model.domain_precision[s].copy_(precision)
         delta = x - mu
         t2 = ((delta @ precision) * delta).sum(dim=1)
+        # E[T^2] = tr(Sigma_reg^-1 Sigma): the effective degrees of freedom. Descriptors are
+        # strongly correlated, so this is well below D; the chi^2 threshold uses it.
+        dof = float(torch.trace(precision @ cov))
         thresholds[str(z)] = {
-            "chi2": float(stats.chi2.ppf(quantile, d)),
+            "dof": dof,
+            "chi2": float(stats.chi2.ppf(quantile, dof)),
             "empirical": float(torch.quantile(t2, quantile)),
             "training_max": float(t2.max()),
         }

@@ -68,13 +68,17 @@ def test_model_d_min_zero_on_reference_environments(random_potential, emt_frames
 
 
 def test_mahalanobis_of_training_descriptors_follows_chi2_tail(random_potential, emt_frames):
-    """The T^2 of the training environments has the chi^2 (D dof) mean (slightly below it: the
-    covariance is shrunk) and a tail close to it: only a few percent of the (non-Gaussian)
-    descriptors lie beyond the chi^2 99.9% quantile."""
+    """T^2 of the training environments follows chi^2 with the effective dof stored in the
+    metadata: its mean equals the dof and only a few percent of the (non-Gaussian) descriptors
+    lie beyond the chi^2 99.9% quantile."""
+    from mlip_md.train.fit import fit_domain_statistics
     graphs = [to_graph(a, random_potential.cutoff) for a in emt_frames]
     raw, species = raw_features(random_potential, graphs)
     features = (raw - random_potential.feature_mean) / random_potential.feature_scale
     t2 = random_potential.mahalanobis(features, species).numpy()
-    d = features.shape[1]
-    assert 0.5 * d < t2.mean() < 1.05 * d
-    assert np.mean(t2 > stats.chi2.ppf(0.999, d)) < 0.05
+    summary = fit_domain_statistics(random_potential, graphs)["mahalanobis"]["per_element"]["29"]
+    dof = summary["dof"]
+    assert 1 < dof < features.shape[1]
+    assert t2.mean() == pytest.approx(dof, rel=2e-3)  # (n - 1) / n: the covariance is the unbiased one
+    assert np.mean(t2 > summary["chi2"]) < 0.05
+    assert summary["chi2"] == pytest.approx(stats.chi2.ppf(0.999, dof))
