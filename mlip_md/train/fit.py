@@ -10,6 +10,7 @@ from scipy import stats
 
 from ..model.assemble import member_forces_from_edge_grad
 from ..domain.kernel import fit_reference_set
+from ..domain.mahalanobis import fit_mahalanobis, t_squared
 from ..model.potential import MLIPotential
 from .data import LabelledGraph, collate
 
@@ -79,18 +80,10 @@ def fit_domain_statistics(
         x = features[species == s]
         if x.shape[0] < 2:
             continue
-        mu = x.mean(dim=0)
-        cov = torch.cov(x.T)
-        target = torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean()
-        cov_reg = (1 - shrinkage) * cov + shrinkage * target
-        precision = torch.linalg.inv(cov_reg)
+        mu, precision, dof = fit_mahalanobis(x, shrinkage)
         model.domain_mean[s].copy_(mu)
         model.domain_precision[s].copy_(precision)
-        delta = x - mu
-        t2 = ((delta @ precision) * delta).sum(dim=1)
-        # E[T^2] = tr(Sigma_reg^-1 Sigma): the effective degrees of freedom. Descriptors are
-        # strongly correlated, so this is well below D; the chi^2 threshold uses it.
-        dof = float(torch.trace(precision @ cov))
+        t2 = t_squared(x, mu, precision)
         thresholds[str(z)] = {
             "dof": dof,
             "chi2": float(stats.chi2.ppf(quantile, dof)),
