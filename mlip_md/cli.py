@@ -229,6 +229,11 @@ def _add_ipi(sub) -> None:
     p.add_argument("--monitor", type=_monitor_rule, action="append", default=[],
                    help="SIGNAL:THRESHOLD:ACTIONS, e.g. mahalanobis:500:warn,dump (repeatable); "
                    "actions warn, dump, label, halt")
+    p.add_argument("--hysteresis", type=float, default=0.1, help="a fired rule re-arms below threshold x (1 - h)")
+    p.add_argument("--cooldown", type=int, default=0, help="steps a rule stays quiet after firing")
+    p.add_argument("--dedupe", type=float, default=0.05,
+                   help="skip dumping/labelling frames whose extreme environment is this close (RMS, "
+                   "standardised descriptor units) to one already written; 0 disables")
     p.add_argument("--dump", type=Path, default=Path("mlip_md_flagged.extxyz"), help="extxyz file for dump actions")
     p.add_argument("--label", type=Path, default=Path("mlip_md_candidates.extxyz"), help="extxyz file for label actions")
     p.add_argument("--exit-file", type=Path, default=Path("EXIT"),
@@ -262,7 +267,8 @@ def cmd_ipi(args) -> int:
         numbers = read(args.structure).numbers
     monitor = None
     if args.monitor:
-        monitor = MonitorPolicy(args.monitor, dump_path=args.dump, label_path=args.label)
+        monitor = MonitorPolicy(args.monitor, dump_path=args.dump, label_path=args.label, hysteresis=args.hysteresis,
+                                cooldown=args.cooldown, dedupe_distance=args.dedupe)
     unix = args.port is None
     client = SocketClient((args.address or "mlip_md") if unix else (args.host or args.address or "localhost"), unix=unix,
                           port=args.port, socket_prefix=args.socket_prefix, connect_timeout=args.connect_timeout)

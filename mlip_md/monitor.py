@@ -17,7 +17,9 @@ extxyz file, fsync'd), ``label`` (append to a candidates file for active learnin
 
 Hysteresis: a rule that fired re-arms only once its signal returns past
 threshold x (1 - hysteresis) (or x (1 + hysteresis) for lower-bound signals). Cooldown: after
-firing, a rule stays quiet for ``cooldown`` observations.
+firing, a rule stays quiet for ``cooldown`` observations. Near-duplicate suppression: a frame is
+not dumped/labelled again when the descriptor of its most extreme atom lies within
+``dedupe_distance`` (RMS over descriptor components, standardised units) of one already written.
 """
 from __future__ import annotations
 
@@ -142,6 +144,7 @@ class MonitorPolicy:
         callback: Optional[Callable] = None,
         hysteresis: float = 0.1,
         cooldown: int = 0,
+        dedupe_distance: float = 0.0,
     ):
         self.rules = list(rules)
         self.dump_path = Path(dump_path) if dump_path else None
@@ -151,6 +154,9 @@ class MonitorPolicy:
             raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
         self.hysteresis = hysteresis
         self.cooldown = int(cooldown)
+        self.dedupe_distance = float(dedupe_distance)
+        self._written: List[np.ndarray] = []  # descriptors of frames already dumped/labelled
+        self.suppressed = 0
         for rule in self.rules:
             if "dump" in rule.actions and self.dump_path is None:
                 raise ValueError(f"rule on {rule.signal} dumps frames: give dump_path")
@@ -190,13 +196,14 @@ class MonitorPolicy:
             fired.append((event, rule))
         self.events.extend(event for event, _ in fired)
         halt = None
+        write = any(a in ("dump", "label") for _, rule in fired for a in rule.actions) and self._novel(fired, prediction)
         for event, rule in fired:
             for action in rule.actions:
                 if action == "warn":
                     warnings.warn(event.describe(), ExtrapolationWarning, stacklevel=3)
-                elif action == "dump":
+                elif action == "dump" and write:
                     _append_frame(self.dump_path, annotated_frame(atoms, prediction, event))
-                elif action == "label":
+                elif action == "label" and write:
                     _append_frame(self.label_path, annotated_frame(atoms, prediction, event))
                 elif action == "callback":
                     self.callback(event, atoms, prediction)
@@ -205,6 +212,23 @@ class MonitorPolicy:
         if halt is not None:
             raise ExtrapolationHalt(halt)
         return [event for event, _ in fired]
+
+
+    def _novel(self, fired, prediction) -> bool:
+        """False when this frame's most extreme environment is a near-duplicate of one written."""
+        features = getattr(prediction, "features", None)
+        if self.dedupe_distance <= 0 or features is None:
+            return True
+        event = fired[0][0]
+        values = signal_values(prediction)[event.signal][1]
+        atom = 0 if values is None else int(np.argmin(values) if event.signal in LOWER_BOUND_SIGNALS else np.argmax(values))
+        signature = np.asarray(features[atom], dtype=float)
+        for previous in self._written:
+            if np.sqrt(np.mean((previous - signature) ** 2)) < self.dedupe_distance:
+                self.suppressed += 1
+                return False
+        self._written.append(signature)
+        return True
 
 
 def annotated_frame(atoms: ase.Atoms, prediction, event: Optional[Event] = None) -> ase.Atoms:

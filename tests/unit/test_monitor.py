@@ -120,3 +120,17 @@ def test_calculator_hands_every_prediction_to_the_policy(tmp_path, random_potent
         squeezed.get_potential_energy()
     assert [e.signal for e in policy.events][:1] == ["min_distance_ratio"]
     assert len(read(tmp_path / "flagged.extxyz", ":")) >= 1
+
+
+def test_near_duplicates_are_not_dumped_twice(tmp_path, atoms):
+    policy = MonitorPolicy([Rule("energy_sigma", 0.005, "dump")], dump_path=tmp_path / "d.extxyz",
+                           hysteresis=0.0, dedupe_distance=0.1)
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 20))
+    for k, shift in enumerate([0.0, 0.01, 0.02, 1.0, 1.01]):  # two distinct environments
+        pred = prediction()
+        pred.features = base + shift
+        policy.observe(atoms, pred)
+        policy.observe(atoms, prediction(sigma_max=0.001))  # re-arm between frames
+    assert len(read(tmp_path / "d.extxyz", ":")) == 2
+    assert policy.suppressed == 3
