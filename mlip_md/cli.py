@@ -29,7 +29,10 @@ def _add_train(sub) -> None:
     p.add_argument("--valid", type=Path, help="validation structures (default: split off --val-fraction)")
     p.add_argument("--test", type=Path, help="held-out structures to report errors on after training")
     p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--ensemble", type=int, default=4, help="number of members K")
+    p.add_argument("--ensemble", type=int, default=4, help="number of members K (uq=ensemble)")
+    p.add_argument("--uq", choices=["ensemble", "bll", "evidential"], default="ensemble",
+                   help="uncertainty method: K-member ensemble, Bayesian last layer (Laplace posterior of "
+                   "one network's last layer), or an evidential (Normal-Inverse-Gamma) head")
     p.add_argument("--cutoff", type=float, default=5.5, help="cutoff radius in Å")
     p.add_argument("--switch-width", type=float, default=1.0, help="width of the C^2 cutoff switch (Å)")
     p.add_argument("--n-max", type=int, default=8, help="radial basis functions per element")
@@ -80,7 +83,8 @@ def cmd_train(args) -> int:
         n_max=args.n_max,
         l_max=args.l_max,
         hidden=args.hidden,
-        ensemble_size=args.ensemble,
+        ensemble_size=args.ensemble if args.uq == "ensemble" else 1,
+        uq=args.uq,
     )
     config = TrainConfig(
         epochs=args.epochs,

@@ -101,6 +101,8 @@ class ParallelPredictor:
             energy_sigma=total(part.energy_sigma),
             mahalanobis=total(part.mahalanobis),
             d_min=total(part.d_min),
+            energy_variance=total(part.energy_variance),
+            force_sigma=total(part.force_sigma),
             min_distance=total(part.min_distance),
             min_distance_ratio=total(part.min_distance_ratio),
             features=None,  # not reduced: per-atom descriptors stay on their rank
@@ -111,6 +113,8 @@ class ParallelPredictor:
         totals = summed.energy_members.sum(axis=1)
         k = len(totals)
         summed.energy_uncertainty = float(totals.std(ddof=1) * self.predictor.energy_scale) if k > 1 else 0.0
+        if summed.energy_variance is not None:
+            summed.energy_uncertainty = float(np.sqrt(summed.energy_variance.sum()))
         if summed.force_members is not None:
             std = summed.force_members.std(axis=0, ddof=1) if k > 1 else np.zeros_like(summed.forces)
             summed.force_sigma = std * self.predictor.force_scale

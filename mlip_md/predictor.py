@@ -37,10 +37,11 @@ class Prediction:
     virial: np.ndarray  # [3, 3] eV
     stress: Optional[np.ndarray]  # [3, 3] eV/Å^3, None unless periodic in 3D
     energy_members: np.ndarray  # [K, N] eV
-    energy_uncertainty: float = 0.0  # calibrated std of the total energy over members, eV
+    energy_uncertainty: float = 0.0  # calibrated std of the total energy, eV
     energy_sigma: Optional[np.ndarray] = None  # [N] eV (calibrated)
     mahalanobis: Optional[np.ndarray] = None  # [N]
     d_min: Optional[np.ndarray] = None  # [N], kernel distance to the training reference set
+    energy_variance: Optional[np.ndarray] = None  # [N] eV^2, calibrated (evidential heads)
     min_distance: Optional[np.ndarray] = None  # [N] Å
     min_distance_ratio: Optional[np.ndarray] = None  # [N]
     features: Optional[np.ndarray] = None  # [N, D]
@@ -181,6 +182,11 @@ class Predictor:
             energy_members=members,
             energy_uncertainty=float(totals.std(ddof=1) * self.energy_scale) if len(totals) > 1 else 0.0,
         )
+        if "energy_variance" in out:  # evidential head: atoms independent, calibrated in the model
+            pred.energy_variance = out["energy_variance"].detach().to(torch.float64).cpu().numpy()
+            pred.energy_uncertainty = float(np.sqrt(pred.energy_variance.sum()))
+        if force_sigma and "force_sigma" in out:
+            pred.force_sigma = out["force_sigma"].detach().to(torch.float64).cpu().numpy()
         for key in ("energy_sigma", "mahalanobis", "d_min", "min_distance", "min_distance_ratio", "features"):
             if key in out:
                 setattr(pred, key, out[key].detach().to(torch.float64).cpu().numpy())
@@ -223,9 +229,10 @@ def _unpermute(part: Prediction, order: np.ndarray, n_local: int) -> Prediction:
         energy_sigma=pad(part.energy_sigma),
         mahalanobis=pad(part.mahalanobis),
         d_min=pad(part.d_min),
+        energy_variance=pad(part.energy_variance),
         min_distance=pad(part.min_distance),
         min_distance_ratio=pad(part.min_distance_ratio),
         features=pad(part.features),
         force_members=force_members,
-        force_sigma=None,  # not additive: the parallel layer recomputes it from force_members
+        force_sigma=pad(part.force_sigma) if part.force_members is None else None,  # recomputed from members
     )

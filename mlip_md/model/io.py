@@ -60,7 +60,8 @@ def build_metadata(module: MLIPotential, dtype: str, extra: Optional[Dict[str, A
         "elements": [ase.data.chemical_symbols[z] for z in numbers],
         "cutoff": float(module.cutoff),
         "dtype": dtype,
-        "ensemble_size": int(module.n_members),
+        "ensemble_size": int(module.n_members),  # members the model outputs (BLL: sigma points)
+        "uq": module.uq,
         "n_features": int(module.n_features),
         "calibration": {
             "energy_variance_scale": float(module.energy_variance_scale),

@@ -20,6 +20,7 @@ from .descriptor import PowerSpectrum
 from .readout import EnsembleReadout
 
 MAX_ATOMIC_NUMBER = 118
+UQ_METHODS = ("ensemble", "bll", "evidential")
 
 
 @dataclasses.dataclass
@@ -33,6 +34,10 @@ class ModelConfig:
     l_max: int = 4
     hidden: Tuple[int, ...] = (64, 64)
     ensemble_size: int = 4
+    #: "ensemble" (K members), "bll" (Bayesian last layer of one network: its Laplace posterior
+    #: is exported as 2 (H + 1) S symmetric sigma points) or "evidential" (Normal-Inverse-Gamma
+    #: head of one network)
+    uq: str = "ensemble"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -66,10 +71,18 @@ class MLIPotential(torch.nn.Module):
             raise ValueError(f"atomic_numbers must be unique and non-empty, got {numbers}")
         if any(z < 1 or z > MAX_ATOMIC_NUMBER for z in numbers):
             raise ValueError(f"atomic numbers must be in 1..{MAX_ATOMIC_NUMBER}, got {numbers}")
+        if config.uq not in UQ_METHODS:
+            raise ValueError(f"uq must be one of {UQ_METHODS}, got {config.uq!r}")
+        if config.uq != "ensemble" and config.ensemble_size != 1:
+            raise ValueError(f"uq={config.uq!r} describes one network: use ensemble_size=1")
         self.config = config
+        self.uq = config.uq
         self.cutoff = float(config.cutoff)
         self.n_species = len(numbers)
-        self.n_members = int(config.ensemble_size)
+        hidden_size = int(config.hidden[-1]) if len(config.hidden) else 0
+        # members the model outputs: the ensemble, or the BLL sigma points
+        self.bll_dim = len(numbers) * (hidden_size + 1)
+        self.n_members = 2 * self.bll_dim if config.uq == "bll" else int(config.ensemble_size)
         self.known_elements = " ".join(str(z) for z in numbers)
         lookup = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
         lookup[torch.tensor(numbers)] = torch.arange(len(numbers))
@@ -80,7 +93,8 @@ class MLIPotential(torch.nn.Module):
         )
         n_features = self.descriptor.n_features
         self.n_features = n_features
-        self.readout = EnsembleReadout(len(numbers), self.n_members, n_features, list(config.hidden))
+        self.readout = EnsembleReadout(len(numbers), int(config.ensemble_size), n_features, list(config.hidden),
+                                       n_outputs=4 if config.uq == "evidential" else 1)
         self.readout.reset(seed=0)
         # Normalisation, fitted on training data (see mlip_md.train).
         self.register_buffer("feature_mean", torch.zeros(n_features))
@@ -99,6 +113,9 @@ class MLIPotential(torch.nn.Module):
         self.register_buffer("reference_features", torch.zeros(len(numbers), 0, n_features))
         self.register_buffer("reference_count", torch.zeros(len(numbers), dtype=torch.long))
         self.register_buffer("kernel_length", torch.ones(()))
+        # Bayesian last layer: per element, sqrt(D) x the rows of the Cholesky factor of the
+        # posterior covariance of (last-layer weights, bias); zero until fitted.
+        self.register_buffer("bll_factor", torch.zeros(len(numbers), hidden_size + 1, self.bll_dim))
 
     @torch.jit.unused
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -138,10 +155,39 @@ class MLIPotential(torch.nn.Module):
         raw = self.descriptor(species_index, edge_index[0], edge_index[1], edge_vectors, n_local)
         return (raw - self.feature_mean) / self.feature_scale
 
+    def heads(self, features: torch.Tensor, local_species: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Per-atom energies of every member, ``members`` [K, n] (eV), and the UQ head's extra
+        outputs: ``deviations`` [D, n] (BLL, eV) or ``epistemic_variance`` [n] (evidential, eV^2,
+        uncalibrated) with the Normal-Inverse-Gamma parameters ``nu``, ``alpha``, ``beta``."""
+        hidden, raw = self.readout(features, local_species)
+        reference = self.atomic_reference_energy[local_species]
+        energies = raw[:, :, 0] * self.energy_scale + reference  # [K, n]
+        result: Dict[str, torch.Tensor] = {}
+        if self.uq == "bll":
+            phi = torch.cat([hidden[0], torch.ones_like(hidden[0][:, :1])], dim=1)  # [n, H + 1]
+            if self.n_species == 1:
+                deviations = phi @ self.bll_factor[0]
+            else:
+                deviations = torch.bmm(phi.unsqueeze(1), self.bll_factor[local_species]).squeeze(1)
+            deviations = (deviations * self.energy_scale).T  # [D, n]
+            result["deviations"] = deviations
+            result["members"] = torch.cat([energies + deviations, energies - deviations], dim=0)
+        elif self.uq == "evidential":
+            nu = torch.nn.functional.softplus(raw[0, :, 1]) + 1e-6
+            alpha = torch.nn.functional.softplus(raw[0, :, 2]) + 1.0 + 1e-6
+            beta = torch.nn.functional.softplus(raw[0, :, 3]) + 1e-9
+            result["nu"] = nu
+            result["alpha"] = alpha
+            result["beta"] = beta
+            result["epistemic_variance"] = beta / (nu * (alpha - 1.0)) * self.energy_scale * self.energy_scale
+            result["members"] = energies
+        else:
+            result["members"] = energies
+        return result
+
     def member_energies(self, features: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
         """Per-member atomic energies [K, n] in eV."""
-        raw = self.readout(features, local_species)
-        return raw * self.energy_scale + self.atomic_reference_energy[local_species]
+        return self.heads(features, local_species)["members"]
 
     def mahalanobis(self, features: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
         delta = features - self.domain_mean[local_species]
@@ -226,7 +272,8 @@ class MLIPotential(torch.nn.Module):
         else:
             vectors = edge_vectors.detach().requires_grad_(True)
         features = self.standardised_features(species_index, edge_index, vectors, n_local)
-        members = self.member_energies(features, local_species)  # [K, n]
+        heads = self.heads(features, local_species)
+        members = heads["members"]  # [K, n]
         atomic_energy = members.mean(dim=0)
         total = atomic_energy.sum()
         grads = torch.autograd.grad(
@@ -242,10 +289,20 @@ class MLIPotential(torch.nn.Module):
             "edge_grad": edge_grad,
             "energy_members": members if self.training else members.detach(),
         }
+        if self.uq == "evidential":
+            for key in ("nu", "alpha", "beta"):
+                out["evidential_" + key] = heads[key] if self.training else heads[key].detach()
+            variance = heads["epistemic_variance"].detach()
+            out["energy_variance"] = variance * self.energy_variance_scale
         if compute_monitors:
             detached = features.detach()
             out["features"] = detached
-            if self.n_members > 1:
+            if self.uq == "evidential":
+                sigma = torch.sqrt(heads["epistemic_variance"].detach())
+            elif self.uq == "bll":
+                # the 2D sigma points mu +- sqrt(D) L^T phi have variance phi^T Sigma phi
+                sigma = torch.sqrt((heads["deviations"].detach() ** 2).mean(dim=0))
+            elif self.n_members > 1:
                 sigma = members.detach().std(dim=0)
             else:
                 sigma = torch.zeros_like(atomic_energy.detach())
@@ -257,15 +314,24 @@ class MLIPotential(torch.nn.Module):
             if self.reference_features.shape[1] > 0:
                 out["d_min"] = self.kernel_distance(detached, local_species)
         if compute_force_sigma:
-            out["member_edge_grad"] = self.member_edge_grads(members, vectors)
+            if self.uq == "evidential":
+                # the evidential head has no force spread of its own: the per-atom energy sigma
+                # (calibrated separately for forces) stands for each component's uncertainty
+                sigma = torch.sqrt(heads["epistemic_variance"].detach() * self.force_variance_scale)
+                out["force_sigma"] = sigma.unsqueeze(1).expand(n_local, 3).contiguous()
+            elif self.uq == "bll":
+                spread = self.edge_grads(heads["deviations"], vectors)  # [D, E, 3]
+                out["member_edge_grad"] = torch.cat([edge_grad.detach() + spread, edge_grad.detach() - spread], dim=0)
+            else:
+                out["member_edge_grad"] = self.edge_grads(members, vectors)
         return out
 
-    def member_edge_grads(self, members: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        """dE_k/d(edge_vectors) for every member k: [K, E, 3]."""
+    def edge_grads(self, per_atom: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """d(sum over atoms of per_atom[k])/d(edge_vectors) for every row k: [K, E, 3]."""
         grads: List[torch.Tensor] = []
-        for k in range(self.n_members):
+        for k in range(per_atom.shape[0]):
             g = torch.autograd.grad(
-                [members[k].sum()], [vectors], retain_graph=True, allow_unused=True
+                [per_atom[k].sum()], [vectors], retain_graph=True, allow_unused=True
             )[0]
             grads.append(torch.zeros_like(vectors) if g is None else g)
         return torch.stack(grads, dim=0)

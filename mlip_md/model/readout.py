@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -42,41 +42,51 @@ class EnsembleLinear(torch.nn.Module):
 
 
 class EnsembleReadout(torch.nn.Module):
-    """forward(features [N, D], species_index [N]) -> per-member atomic outputs [K, N].
+    """forward(features [N, D], species_index [N]) -> (last hidden layer [K, N, H],
+    outputs [K, N, C]) for K members and C output channels per atom (1 for an energy; 4 for an
+    evidential head).
 
     Hidden layers use SiLU (smooth, so forces and their derivatives are continuous).
     """
 
-    def __init__(self, n_species: int, n_members: int, n_features: int, hidden: List[int]):
+    def __init__(self, n_species: int, n_members: int, n_features: int, hidden: List[int], n_outputs: int = 1):
         super().__init__()
-        sizes = [n_features] + list(hidden) + [1]
+        if len(hidden) == 0:
+            raise ValueError("the readout needs at least one hidden layer")
+        sizes = [n_features] + list(hidden) + [n_outputs]
         self.layers = torch.nn.ModuleList(
             [EnsembleLinear(n_species, n_members, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
         )
         self.n_species = n_species
         self.n_members = n_members
+        self.n_hidden = int(hidden[-1])
+        self.n_outputs = n_outputs
 
     def reset(self, seed: int, member: int = -1) -> None:
         generator = torch.Generator().manual_seed(seed)
         for layer in self.layers:
             layer.reset(generator, member)
 
-    def _mlp(self, x: torch.Tensor, s: int) -> torch.Tensor:
+    def _mlp(self, x: torch.Tensor, s: int) -> Tuple[torch.Tensor, torch.Tensor]:
         n_layers = len(self.layers)
+        hidden = x
         for k, layer in enumerate(self.layers):
-            x = layer(x, s)
             if k < n_layers - 1:
-                x = torch.nn.functional.silu(x)
-        return x.squeeze(-1)  # [K, n]
+                hidden = torch.nn.functional.silu(layer(hidden, s))
+            else:
+                x = layer(hidden, s)
+        return hidden, x
 
-    def forward(self, features: torch.Tensor, species_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, species_index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.n_species == 1:
             return self._mlp(features, 0)
-        out = torch.zeros(
-            (self.n_members, features.shape[0]), dtype=features.dtype, device=features.device
-        )
+        n = features.shape[0]
+        hidden = torch.zeros((self.n_members, n, self.n_hidden), dtype=features.dtype, device=features.device)
+        out = torch.zeros((self.n_members, n, self.n_outputs), dtype=features.dtype, device=features.device)
         for s in range(self.n_species):
             rows = torch.nonzero(species_index == s).squeeze(1)
             if rows.numel() > 0:
-                out = out.index_copy(1, rows, self._mlp(features.index_select(0, rows), s))
-        return out
+                h, o = self._mlp(features.index_select(0, rows), s)
+                hidden = hidden.index_copy(1, rows, h)
+                out = out.index_copy(1, rows, o)
+        return hidden, out

@@ -121,8 +121,11 @@ class _Checker:
             "mahalanobis": (n,),
             "min_distance": (n,),
             "min_distance_ratio": (n,),
-            "member_edge_grad": (k, e, 3),
         }
+        if self.model.metadata.get("uq") == "evidential":
+            expected.update(energy_variance=(n,), force_sigma=(n, 3))
+        else:
+            expected["member_edge_grad"] = (k, e, 3)
         bad = [f"{key}: {tuple(out[key].shape) if key in out else 'missing'} != {shape}"
                for key, shape in expected.items() if key not in out or tuple(out[key].shape) != shape]
         mean_gap = float((out["energy_members"].mean(0) - out["atomic_energy"]).abs().max())

@@ -121,19 +121,22 @@ def evaluate_errors(model: MLIPotential, graphs: Sequence[LabelledGraph], batch_
     """Energy (eV/atom) and force (eV/Å) RMSE/MAE of the ensemble mean and of every member."""
     model = model.eval()
     dtype = model.feature_mean.dtype
+    ensemble = model.uq == "ensemble"
     e_err, f_err, s_err = [], [], []
     e_member, f_member = [], []
     for chunk in _chunks(graphs, batch_size):
         batch = collate(chunk).to(dtype)
         n = batch.numbers.shape[0]
         with torch.enable_grad():
-            out = model.evaluate(batch.numbers, batch.edge_index, batch.edge_vectors, n, False, True)
-        members = out["energy_members"]  # [K, N]
+            out = model.evaluate(batch.numbers, batch.edge_index, batch.edge_vectors, n, False, ensemble)
+        # per-member errors for ensembles; BLL sigma points and evidential heads are one network
+        members = out["energy_members"] if ensemble else out["atomic_energy"].unsqueeze(0)  # [K, N]
         k = members.shape[0]
         e_members = torch.zeros((k, batch.n_structures), dtype=dtype).index_add(1, batch.atom_structure, members)
         per_atom = batch.n_atoms.to(dtype)
         e_member.append(((e_members - batch.energy) / per_atom).detach())
-        f_k = member_forces_from_edge_grad(out["member_edge_grad"], batch.edge_index, n).detach()
+        member_grad = out["member_edge_grad"] if ensemble else out["edge_grad"].unsqueeze(0)
+        f_k = member_forces_from_edge_grad(member_grad, batch.edge_index, n).detach()
         f_member.append((f_k - batch.forces).reshape(k, -1))
         e_err.append(e_members.mean(0).detach() / per_atom - batch.energy / per_atom)
         f_err.append((f_k.mean(0) - batch.forces).reshape(-1))

@@ -8,6 +8,7 @@ import torch
 
 from ..model.assemble import forces_from_edge_grad
 from ..model.potential import MLIPotential
+from ..uq.evidential import aggregate, evidential_loss
 from .data import Batch
 
 
@@ -20,6 +21,7 @@ class LossWeights:
     energy: float = 100.0
     forces: float = 1.0
     stress: float = 1000.0
+    evidential: float = 0.01  # NIG likelihood of per-atom energies (uq="evidential" only)
 
 
 def predict_batch(model: MLIPotential, batch: Batch) -> Dict[str, torch.Tensor]:
@@ -40,7 +42,12 @@ def predict_batch(model: MLIPotential, batch: Batch) -> Dict[str, torch.Tensor]:
     summed = summed.index_add(0, batch.edge_structure, outer)
     volume = torch.where(batch.volume > 0, batch.volume, torch.ones_like(batch.volume))
     stress = summed / volume.view(-1, 1, 1)
-    return {"energy": energy, "forces": forces, "stress": stress}
+    pred = {"energy": energy, "forces": forces, "stress": stress}
+    if "evidential_nu" in out:
+        scale2 = model.energy_scale * model.energy_scale
+        pred["nig"] = aggregate(batch.atom_structure, batch.n_structures, out["evidential_nu"],
+                                out["evidential_alpha"], out["evidential_beta"] * scale2)
+    return pred
 
 
 def loss_terms(pred: Dict[str, torch.Tensor], batch: Batch) -> Dict[str, torch.Tensor]:
@@ -50,6 +57,11 @@ def loss_terms(pred: Dict[str, torch.Tensor], batch: Batch) -> Dict[str, torch.T
         "energy": (((pred["energy"] - batch.energy) / n) ** 2).mean(),
         "forces": ((pred["forces"] - batch.forces) ** 2).mean(),
     }
+    if "nig" in pred:
+        # per-atom energies: the variance (beta) scales with 1 / N^2
+        nig = pred["nig"]
+        terms["evidential"] = evidential_loss(batch.energy / n, pred["energy"] / n, nig["nu"], nig["alpha"],
+                                              nig["beta"] / n**2)
     if bool(batch.has_stress.any()):
         diff = (pred["stress"] - batch.stress)[batch.has_stress]
         terms["stress"] = (diff**2).mean()
@@ -59,8 +71,7 @@ def loss_terms(pred: Dict[str, torch.Tensor], batch: Batch) -> Dict[str, torch.T
 
 
 def weighted_loss(terms: Dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
-    return (
-        weights.energy * terms["energy"]
-        + weights.forces * terms["forces"]
-        + weights.stress * terms["stress"]
-    )
+    total = weights.energy * terms["energy"] + weights.forces * terms["forces"] + weights.stress * terms["stress"]
+    if "evidential" in terms:
+        total = total + weights.evidential * terms["evidential"]
+    return total

@@ -21,6 +21,7 @@ import torch
 from .._atomic import atomic_path, atomic_write_text
 from ..model.io import save_model
 from ..model.potential import MLIPotential, ModelConfig
+from ..uq.bll import fit_last_layer_posterior
 from .data import LabelledGraph, collate, dataset_hash, to_graph
 from .fit import evaluate_errors, fit_domain_statistics, fit_normalisation
 from .loss import LossWeights, loss_terms, predict_batch, weighted_loss
@@ -203,7 +204,8 @@ class MemberTrainer:
 
 
 def _member_config(config: ModelConfig) -> ModelConfig:
-    return dataclasses.replace(config, ensemble_size=1)
+    """One network; a Bayesian last layer is fitted after training an ordinary one."""
+    return dataclasses.replace(config, ensemble_size=1, uq="ensemble" if config.uq == "bll" else config.uq)
 
 
 @dataclasses.dataclass
@@ -379,6 +381,7 @@ def train_ensemble(
                 tensor[:, k].copy_(readout_state[name][:, 0])
             histories.append(history)
 
+    uq_summary = fit_last_layer_posterior(ensemble, train_graphs) if model_config.uq == "bll" else {}
     domain = fit_domain_statistics(ensemble, train_graphs)
     validation = evaluate_errors(ensemble, val_graphs)
     report = {
@@ -389,6 +392,7 @@ def train_ensemble(
         "train_seconds": train_seconds,
         "epochs_per_member": [len(h) for h in histories],
         "normalisation": normalisation,
+        "uq": {"method": model_config.uq, **uq_summary},
         "validation": validation,
         "model_config": model_config.to_dict(),
         "train_config": config.to_dict(),
@@ -401,6 +405,7 @@ def train_ensemble(
             "train_structures": len(train_graphs),
         },
         "monitors": domain,
+        "uq": model_config.uq,
         "training": {"validation_mean": validation["mean"]},
     }
     save_model(ensemble, output, dtype=config.export_dtype, metadata=metadata)

@@ -82,9 +82,10 @@ def metrics(residual: np.ndarray, sigma: np.ndarray) -> Dict[str, float]:
 
 def collect_residuals(predictor: Predictor, frames: Sequence[ase.Atoms]) -> Dict[str, Residuals]:
     """Energy and force residuals and the model's raw (alpha = 1) sigmas on labelled frames."""
-    if predictor.model.ensemble_size < 2:
+    evidential = predictor.model.metadata.get("uq") == "evidential"
+    if predictor.model.ensemble_size < 2 and not evidential:
         raise ValueError("calibration needs per-structure uncertainties: this model has one member; "
-                         "train with --ensemble K >= 2")
+                         "train with --ensemble K >= 2 or --uq bll / evidential")
     e_res, e_sig, f_res, f_sig = [], [], [], []
     for k, atoms in enumerate(frames):
         try:
@@ -95,11 +96,14 @@ def collect_residuals(predictor: Predictor, frames: Sequence[ase.Atoms]) -> Dict
                              "data (extxyz with energy and forces)") from None
         predictor.model.check_elements(atoms.numbers)
         pred = predictor.predict_atoms(atoms, monitors=False, force_sigma=True)
-        totals = pred.energy_members.sum(axis=1)
         e_res.append(reference_e - pred.energy)
-        e_sig.append(totals.std(ddof=1))
         f_res.append((reference_f - pred.forces).ravel())
-        f_sig.append(pred.force_members.std(axis=0, ddof=1).ravel())
+        if evidential:  # the model applies its stored scales: divide them out
+            e_sig.append(pred.energy_uncertainty / predictor.energy_scale)
+            f_sig.append(pred.force_sigma.ravel() / predictor.force_scale)
+        else:
+            e_sig.append(pred.energy_members.sum(axis=1).std(ddof=1))
+            f_sig.append(pred.force_members.std(axis=0, ddof=1).ravel())
     return {
         "energy": Residuals("energy", np.asarray(e_res), np.asarray(e_sig)),
         "forces": Residuals("forces", np.concatenate(f_res), np.concatenate(f_sig)),

@@ -1,0 +1,149 @@
+"""Uncertainty: the three UQ heads (ensemble, Bayesian last layer, evidential) and calibration."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from mlip_md.model.io import load_model, load_potential, read_metadata
+from mlip_md.model.potential import MLIPotential, ModelConfig
+from mlip_md.model.validate import validate_model
+from mlip_md.predictor import Predictor
+from mlip_md.train.data import to_graph
+from mlip_md.train.trainer import TrainConfig, split_train_val, train_ensemble
+from mlip_md.uq.bll import last_layer_design
+from mlip_md.uq.calibration import calibrate, fit_variance_scale, metrics, write_reports
+
+from conftest import TINY, emt_cu_frames
+
+
+@pytest.fixture(scope="module")
+def split(emt_frames):
+    return split_train_val(emt_frames, 0.2, seed=0)
+
+
+def train_tiny(tmp_path_factory, split, uq, epochs=8):
+    train, val = split
+    out = tmp_path_factory.mktemp(uq) / f"{uq}.pt"
+    config = ModelConfig([29], ensemble_size=1 if uq != "ensemble" else 3, uq=uq, **TINY)
+    report = train_ensemble(train, val, config, TrainConfig(epochs=epochs, batch_size=4), out, reference="emt")
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def bll_model(tmp_path_factory, split):
+    return train_tiny(tmp_path_factory, split, "bll")
+
+
+@pytest.fixture(scope="module")
+def evidential_model(tmp_path_factory, split):
+    return train_tiny(tmp_path_factory, split, "evidential")
+
+
+def test_variance_scale_recovers_known_alpha():
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.01, 0.5, 200_000)
+    residual = rng.normal(scale=np.sqrt(3.7) * sigma)
+    assert fit_variance_scale(residual, sigma) == pytest.approx(3.7, rel=0.02)
+    calibrated = metrics(residual, sigma * np.sqrt(3.7))
+    assert calibrated["coverage_95"] == pytest.approx(0.95, abs=0.005)
+    assert calibrated["ece"] < 0.01 and calibrated["miscalibration_area"] < 0.01
+    raw = metrics(residual, sigma)
+    assert raw["coverage_95"] < 0.8 and raw["ece"] > 0.1
+
+
+def test_bll_sigma_points_reproduce_the_posterior(bll_model, split):
+    path, report = bll_model
+    meta = read_metadata(path)
+    module = load_potential(path)
+    d = module.bll_dim
+    assert meta["uq"] == "bll" and meta["ensemble_size"] == 2 * d == module.n_members
+    assert report["uq"]["method"] == "bll" and report["uq"]["noise_variance"] > 0
+    # per-structure variance from the sigma points equals s^2 phi^T Sigma phi from the factor
+    graphs = [to_graph(a, module.cutoff) for a in split[1]]
+    phi, _, _ = last_layer_design(module, graphs)
+    factor = module.bll_factor[0].double() / np.sqrt(d)  # rows of L
+    analytic = float(module.energy_scale) ** 2 * ((phi @ factor) ** 2).sum(dim=1)
+    predictor = Predictor(path)
+    for k, atoms in enumerate(split[1][:3]):
+        pred = predictor.predict_atoms(atoms, monitors=True)
+        totals = pred.energy_members.sum(axis=1)
+        assert totals.mean() == pytest.approx(pred.energy, abs=1e-9)
+        assert totals.var(ddof=0) == pytest.approx(float(analytic[k]), rel=1e-5)
+        assert np.all(pred.energy_sigma > 0)
+
+
+def test_bll_and_evidential_models_pass_conformance(bll_model, evidential_model):
+    for path, _ in (bll_model, evidential_model):
+        report = validate_model(path)
+        assert report.passed, report.table()
+
+
+def test_uncertainty_grows_out_of_domain(bll_model, evidential_model, tmp_path_factory, split):
+    """Compressed by 8% and heavily rattled: further from the EMT training data, more sigma."""
+    ensemble_path, _ = train_tiny(tmp_path_factory, split, "ensemble", epochs=4)
+    inside = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    inside.rattle(0.05, seed=1)
+    outside = inside.copy()
+    outside.set_cell(outside.cell.array * 0.92, scale_atoms=True)
+    outside.rattle(0.25, seed=2)
+    for path in (bll_model[0], evidential_model[0], ensemble_path):
+        predictor = Predictor(path)
+        a = predictor.predict_atoms(inside).energy_sigma.mean()
+        b = predictor.predict_atoms(outside).energy_sigma.mean()
+        assert b > a, (path.name, a, b)
+
+
+def test_evidential_outputs(evidential_model, split):
+    path, report = evidential_model
+    assert read_metadata(path)["uq"] == "evidential"
+    pred = Predictor(path).predict_atoms(split[1][0], monitors=True, force_sigma=True)
+    n = len(split[1][0])
+    assert pred.energy_variance.shape == (n,) and np.all(pred.energy_variance > 0)
+    assert pred.energy_uncertainty == pytest.approx(np.sqrt(pred.energy_variance.sum()))
+    assert pred.force_sigma.shape == (n, 3) and np.all(pred.force_sigma > 0)
+    np.testing.assert_allclose(pred.energy_sigma, np.sqrt(pred.energy_variance), rtol=1e-10)
+
+
+@pytest.mark.parametrize("which", ["bll", "evidential", "ensemble"])
+def test_calibration_writes_reports_and_scales(which, bll_model, evidential_model, trained_model_path, split, tmp_path):
+    path = {"bll": bll_model[0], "evidential": evidential_model[0], "ensemble": trained_model_path}[which]
+    model = load_model(path)
+    report = calibrate(model, split[1], test_frames=split[0][:6])
+    for q in ("energy", "forces"):
+        assert report["alpha"][q] > 0
+        before, after = report["fit"][q]["before"], report["fit"][q]["after"]
+        assert after["nll"] <= before["nll"] + 1e-9  # alpha is the maximum-likelihood scale
+    out = tmp_path / "cal.pt"
+    model.save(out)
+    calibrated = load_model(out)
+    assert calibrated.metadata["calibration"]["energy_variance_scale"] == pytest.approx(report["alpha"]["energy"])
+    assert float(calibrated.module.force_variance_scale) == pytest.approx(report["alpha"]["forces"])
+    paths = write_reports(report, tmp_path / "report")
+    assert [p.suffix for p in paths] == [".json", ".md", ".png"] and all(p.stat().st_size > 0 for p in paths)
+    assert "coverage_95" in json.loads(paths[0].read_text())["fit"]["energy"]["after"]
+
+
+def test_calibration_bad_input(trained_model_path, split):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    model = load_model(trained_model_path)
+    unlabelled = split[1][0].copy()
+    unlabelled.calc = SinglePointCalculator(unlabelled, energy=0.0)
+    with pytest.raises(ValueError, match="lacks energy or forces"):
+        calibrate(model, [unlabelled])
+    gold = split[1][0].copy()
+    gold.numbers[0] = 79
+    gold.calc = SinglePointCalculator(gold, energy=0.0, forces=np.zeros((len(gold), 3)))
+    with pytest.raises(Exception, match="Au unknown"):
+        calibrate(model, [gold])
+
+
+def test_uq_config_errors():
+    with pytest.raises(ValueError, match="uq must be one of"):
+        MLIPotential(ModelConfig([29], uq="dropout", **TINY))
+    with pytest.raises(ValueError, match="ensemble_size=1"):
+        MLIPotential(ModelConfig([29], uq="bll", ensemble_size=4, **TINY))
