@@ -31,7 +31,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 #: buffers added after format version 1 was fixed; files without them still load
-OPTIONAL_BUFFERS = ("reference_features", "reference_count", "kernel_length")
+OPTIONAL_BUFFERS = ("reference_features", "reference_count", "kernel_length", "bll_factor")
 
 
 def default_model_path() -> Path:
