@@ -254,10 +254,13 @@ def annotated_frame(atoms: ase.Atoms, prediction, event: Optional[Event] = None)
 
 
 def default_policy(model, actions: Sequence[str] = ("warn",), **kwargs) -> MonitorPolicy:
-    """Rules from the model's metadata: empirical Mahalanobis threshold per element (largest),
-    and close contacts (ratio 1.0)."""
-    per_element = model.metadata.get("monitors", {}).get("mahalanobis", {}).get("per_element", {})
+    """Rules from the model's metadata: close contacts (ratio 1.0), T^2 above the largest value
+    of the training set and d_min above the largest value of held-out training environments
+    (largest over elements): "further out than anything like the training data"."""
+    monitors = model.metadata.get("monitors", {})
     rules = [Rule("min_distance_ratio", 1.0, actions)]
-    if per_element:
-        rules.append(Rule("mahalanobis", max(v["empirical"] for v in per_element.values()), actions))
+    for signal, key in (("mahalanobis", "training_max"), ("d_min", "holdout_max")):
+        per_element = monitors.get(signal, {}).get("per_element", {})
+        if per_element:
+            rules.append(Rule(signal, max(v.get(key, v["empirical"]) for v in per_element.values()), actions))
     return MonitorPolicy(rules, **kwargs)

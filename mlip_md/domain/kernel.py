@@ -7,8 +7,9 @@ k(x, t) = exp(-|x - t|^2 / (2 l^2)) (so k(x, x) = 1), the kernel-induced distanc
     d(x, t) = sqrt(k(x, x) + k(t, t) - 2 k(x, t)) = sqrt(2 - 2 k(x, t))   in [0, sqrt 2)
 
 and d_min(x) = min_t d(x, t): exactly 0 on reference points, growing smoothly away from the
-training data and saturating at sqrt 2 far from it. The length l is the median distance of a
-reference point to its nearest other reference point. The same formula runs inside the exported
+training data and saturating at sqrt 2 far from it. The length l puts the 99th percentile of
+held-out training environments at d = 1 (kernel value 1/2), so d_min resolves the region just
+outside the training data instead of saturating there. The same formula runs inside the exported
 model (``MLIPotential.kernel_distance``); this module fits the reference set and thresholds.
 """
 from __future__ import annotations
@@ -74,16 +75,20 @@ def fit_reference_set(
     m = max((len(v) for v in picked.values()), default=0)
     refs = np.zeros((n_species, m, features.shape[1]))
     counts = np.zeros(n_species, dtype=np.int64)
-    gaps = []
+    nearest_held, gaps = [], []
     for s, rows in picked.items():
         refs[s, : len(rows)] = features[rows]
         counts[s] = len(rows)
+        if len(rows) and len(held[s]):
+            nearest_held.append(squared_distances(features[held[s]], features[rows]).min(axis=1))
         if len(rows) > 1:
             d2 = squared_distances(features[rows], features[rows])
             np.fill_diagonal(d2, np.inf)
-            gaps.append(np.sqrt(d2.min(axis=1)))
-    length = float(np.median(np.concatenate(gaps))) if gaps else 1.0
-    length = length if length > 0 else 1.0
+            gaps.append(d2.min(axis=1))
+    pool = np.concatenate(nearest_held) if nearest_held else (np.concatenate(gaps) if gaps else np.ones(1))
+    # 2 - 2 exp(-q / (2 l^2)) = 1 at the 99th percentile q of squared nearest distances
+    length = float(np.sqrt(np.quantile(pool, 0.99) / (2.0 * np.log(2.0))))
+    length = length if np.isfinite(length) and length > 0 else 1.0
     thresholds = {}
     for s in range(n_species):
         if counts[s] and len(held[s]):
