@@ -51,6 +51,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _same_run(previous: dict, current: dict) -> bool:
+    """Settings match: every setting recorded in the checkpoint equals the current one (settings
+    added by a newer mlip_md, absent from an older checkpoint, are accepted)."""
+    for key, value in previous.items():
+        if key not in current:
+            return False
+        if isinstance(value, dict) and isinstance(current[key], dict):
+            if not _same_run(value, current[key]):
+                return False
+        elif value != current[key]:
+            return False
+    return True
+
+
 def split_train_val(frames: Sequence[ase.Atoms], val_fraction: float, seed: int):
     """Random split with a fixed seed; at least one validation frame when possible."""
     n = len(frames)
@@ -341,7 +355,7 @@ def train_ensemble(
                     f"checkpoint directory {checkpoint_dir} holds a previous run; pass resume "
                     "(--resume) to continue it or choose another directory"
                 )
-            if previous != json.loads(json.dumps(run_info)):
+            if not _same_run(previous, json.loads(json.dumps(run_info))):
                 raise ValueError(
                     f"checkpoint in {checkpoint_dir} was made with other data or settings; "
                     "resume needs the same command, or use a fresh checkpoint directory"
