@@ -177,7 +177,8 @@ def cmd_evaluate(args) -> int:
 def cmd_calibrate(args) -> int:
     from .uq.calibration import calibrate_file, markdown
 
-    report = calibrate_file(args.model, args.data, args.output, test=args.test, report_stem=args.report)
+    report = calibrate_file(args.model, args.data, args.output, test=args.test, report_stem=args.report,
+                            family=args.distribution)
     print(markdown(report))
     print(f"wrote {args.output} and {', '.join(report['reports'])}")
     return 0
@@ -482,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="calibrated model file to write")
     p.add_argument("--test", type=Path, help="held-out structures to report calibration quality on")
     p.add_argument("--report", type=Path, help="stem of the report files (default: OUTPUT without suffix)")
+    p.add_argument("--distribution", choices=["auto", "gaussian", "student-t"], default="auto",
+                   help="predictive distribution of the residual / sigma: auto (default) keeps the more likely of a "
+                   "Gaussian and, for ensembles, a Student t with K - 1 dof")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("domain", help="applicability-domain analyses (JSON + Markdown + PNG)")

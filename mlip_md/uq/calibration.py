@@ -5,9 +5,20 @@ Model: y ~ N(mu, alpha sigma^2). The maximum-likelihood scale is alpha = mean(r^
 calibrated model stores alpha in its buffers (``energy_variance_scale``, ``force_variance_scale``)
 and metadata, so every engine reports calibrated sigmas.
 
-Metrics (for a set of residuals r and predicted sigmas s, z = |r| / s):
-  nll                   mean Gaussian negative log-likelihood, 0.5 log(2 pi s^2) + r^2 / (2 s^2)
-  coverage_68/_95       fraction of |r| <= 0.9945 s / 1.96 s
+Ensembles: sigma is a *sample* standard deviation of K members, so r / sigma follows a Student t
+with K - 1 degrees of freedom rather than a Gaussian (the heavy tails of a K = 4 ensemble make
+a Gaussian over-cover its 68 % interval by 10-15 %). ``family="auto"`` fits both
+y ~ N(mu, alpha sigma^2) and y ~ mu + sqrt(alpha) sigma t_{K-1} by maximum likelihood and keeps
+the one with the higher likelihood on the fit set; the choice and the degrees of freedom are
+stored in the metadata (``calibration.<quantity>_distribution``): an interval of probability p
+is then sqrt(alpha) sigma times the p-quantile of that distribution. Samples whose sigma is
+zero to rounding (force components fixed by symmetry, where every member and the reference
+agree exactly) carry no information and are left out (counted in the report as ``n_exact``).
+
+Metrics (for a set of residuals r and predicted scales s, z = |r| / s, quantiles q of the
+predictive distribution: Gaussian, or Student t):
+  nll                   mean negative log-likelihood of r under the predictive distribution
+  coverage_68/_95       fraction of |r| <= q(0.84) s / q(0.975) s
   calibration curve     observed coverage of the central p-interval, obs(p), for p in (0, 1)
   miscalibration_area   integral of |obs(p) - p| over p (trapezoid, 99 points)
   ece                   mean |obs(p) - p| over 10 equal bins of p (bin centres)
@@ -21,13 +32,38 @@ from typing import Dict, List, Optional, Sequence
 
 import ase
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from .._atomic import atomic_path, atomic_write_text
 from ..model.io import ExportedModel, load_model
 from ..predictor import Predictor
 
 QUANTITIES = ("energy", "forces")
+FAMILIES = ("auto", "gaussian", "student-t")
+EXACT_SIGMA = 1e-4  # sigma below this fraction of the median sigma is zero to rounding
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """Predictive distribution of a residual in units of its calibrated sigma."""
+
+    family: str = "gaussian"
+    dof: Optional[float] = None  # Student t only
+
+    def ppf(self, q):
+        return stats.t.ppf(q, self.dof) if self.family == "student-t" else stats.norm.ppf(q)
+
+    def logpdf(self, z):
+        return stats.t.logpdf(z, self.dof) if self.family == "student-t" else stats.norm.logpdf(z)
+
+    def as_dict(self) -> dict:
+        return {"family": self.family} if self.family == "gaussian" else {"family": self.family, "dof": self.dof}
+
+    def describe(self) -> str:
+        return "Gaussian" if self.family == "gaussian" else f"Student t ({self.dof:g} dof)"
+
+
+GAUSSIAN = Distribution()
 
 
 @dataclasses.dataclass
@@ -37,6 +73,7 @@ class Residuals:
     name: str
     residual: np.ndarray
     sigma: np.ndarray
+    n_exact: int = 0  # samples left out because their sigma was zero to rounding
 
     def __post_init__(self) -> None:
         if len(self.residual) == 0:
@@ -44,37 +81,53 @@ class Residuals:
         if not (np.all(np.isfinite(self.residual)) and np.all(np.isfinite(self.sigma))):
             raise ValueError(f"NaN or infinite {self.name} predictions or uncertainties: the model or the data "
                              "are broken; check the structures (mlip-md check, NaN positions)")
-        if np.any(self.sigma <= 0):
-            bad = int(np.sum(self.sigma <= 0))
-            raise ValueError(f"{bad} {self.name} uncertainties are zero: calibration needs a model with a "
-                             "spread (an ensemble with K >= 2 members, or another UQ head)")
+        if np.any(self.sigma < 0) or not np.any(self.sigma > 0):
+            raise ValueError(f"the {self.name} uncertainties are all zero (or negative): calibration needs a model "
+                             "with a spread (an ensemble with K >= 2 members, or another UQ head)")
 
 
-def fit_variance_scale(residual: np.ndarray, sigma: np.ndarray) -> float:
-    """Maximum-likelihood alpha of y ~ N(mu, alpha sigma^2)."""
-    return float(np.mean((residual / sigma) ** 2))
+    def informative(self) -> "Residuals":
+        """Without the samples whose sigma is zero to rounding (see the module docstring)."""
+        keep = self.sigma > EXACT_SIGMA * np.median(self.sigma)
+        return Residuals(self.name, self.residual[keep], self.sigma[keep], self.n_exact + int(np.sum(~keep)))
 
 
-def calibration_curve(residual: np.ndarray, sigma: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Observed coverage of the central ``levels`` intervals of N(0, sigma^2)."""
+def fit_variance_scale(residual: np.ndarray, sigma: np.ndarray, distribution: Distribution = GAUSSIAN) -> float:
+    """Maximum-likelihood alpha of y = mu + sqrt(alpha) sigma e, e ~ ``distribution``
+    (closed form mean(r^2 / sigma^2) for a Gaussian)."""
+    if distribution.family == "gaussian":
+        return float(np.mean((residual / sigma) ** 2))
+    z = residual / sigma
+
+    def negative_log_likelihood(log_alpha: float) -> float:
+        return float(-np.mean(distribution.logpdf(z * np.exp(-0.5 * log_alpha))) + 0.5 * log_alpha)
+
+    start = np.log(np.mean(z**2))
+    result = optimize.minimize_scalar(negative_log_likelihood, bounds=(start - 12.0, start + 2.0), method="bounded")
+    return float(np.exp(result.x))
+
+
+def calibration_curve(residual: np.ndarray, sigma: np.ndarray, levels: np.ndarray,
+                      distribution: Distribution = GAUSSIAN) -> np.ndarray:
+    """Observed coverage of the central ``levels`` intervals of the predictive distribution."""
     z = np.abs(residual) / sigma
-    bounds = stats.norm.ppf(0.5 + levels / 2.0)
+    bounds = distribution.ppf(0.5 + levels / 2.0)
     return (z[None, :] <= bounds[:, None]).mean(axis=1)
 
 
-def metrics(residual: np.ndarray, sigma: np.ndarray) -> Dict[str, float]:
+def metrics(residual: np.ndarray, sigma: np.ndarray, distribution: Distribution = GAUSSIAN) -> Dict[str, float]:
     levels = np.linspace(0.01, 0.99, 99)
-    observed = calibration_curve(residual, sigma, levels)
+    observed = calibration_curve(residual, sigma, levels, distribution)
     bins = np.linspace(0.05, 0.95, 10)
-    observed_bins = calibration_curve(residual, sigma, bins)
+    observed_bins = calibration_curve(residual, sigma, bins, distribution)
     z = np.abs(residual) / sigma
     return {
         "n": int(len(residual)),
         "rmse": float(np.sqrt(np.mean(residual**2))),
         "mean_sigma": float(np.mean(sigma)),
-        "nll": float(np.mean(0.5 * np.log(2 * np.pi * sigma**2) + 0.5 * z**2)),
-        "coverage_68": float(np.mean(z <= stats.norm.ppf(0.5 + 0.6827 / 2))),
-        "coverage_95": float(np.mean(z <= stats.norm.ppf(0.975))),
+        "nll": float(np.mean(np.log(sigma) - distribution.logpdf(z))),
+        "coverage_68": float(np.mean(z <= distribution.ppf(0.5 + 0.6827 / 2))),
+        "coverage_95": float(np.mean(z <= distribution.ppf(0.975))),
         "miscalibration_area": float(np.trapezoid(np.abs(observed - levels), levels)),
         "ece": float(np.mean(np.abs(observed_bins - bins))),
     }
@@ -110,38 +163,81 @@ def collect_residuals(predictor: Predictor, frames: Sequence[ase.Atoms]) -> Dict
     }
 
 
-def calibrate(model: ExportedModel, frames: Sequence[ase.Atoms], test_frames: Optional[Sequence[ase.Atoms]] = None) -> dict:
-    """Fit alpha for energies and forces on ``frames``; report metrics before/after on ``frames``
-    and, when given, on held-out ``test_frames``. Updates ``model`` in memory (buffers and
-    metadata); returns the report."""
+def candidate_distributions(model: ExportedModel, family: str) -> List[Distribution]:
+    """Predictive families to try: Student t with K - 1 dof exists for ensembles of K >= 3."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown distribution family {family!r}: choose one of {', '.join(FAMILIES)}")
+    k = model.ensemble_size
+    student = Distribution("student-t", float(k - 1)) if model.metadata.get("uq", "ensemble") == "ensemble" and k >= 3 else None
+    if family == "student-t":
+        if student is None:
+            raise ValueError("a Student t calibration needs an ensemble of K >= 3 members (its dof are K - 1); "
+                             "use --distribution gaussian")
+        return [student]
+    if family == "gaussian" or student is None:
+        return [GAUSSIAN]
+    return [GAUSSIAN, student]
+
+
+def fit_quantity(data: Residuals, candidates: Sequence[Distribution]) -> dict:
+    """alpha for each candidate; the maximum-likelihood one wins."""
+    fits = []
+    for distribution in candidates:
+        alpha = fit_variance_scale(data.residual, data.sigma, distribution)
+        nll = metrics(data.residual, data.sigma * np.sqrt(alpha), distribution)["nll"]
+        fits.append({"distribution": distribution, "alpha": alpha, "nll": nll})
+    best = min(fits, key=lambda fit: fit["nll"])
+    return {**best, "candidates": [{**f["distribution"].as_dict(), "alpha": f["alpha"], "nll": f["nll"]} for f in fits]}
+
+
+def calibrate(model: ExportedModel, frames: Sequence[ase.Atoms], test_frames: Optional[Sequence[ase.Atoms]] = None,
+              family: str = "auto") -> dict:
+    """Fit alpha (and the predictive family, see the module docstring) for energies and forces
+    on ``frames``; report metrics before/after on ``frames`` and, when given, on held-out
+    ``test_frames``. Updates ``model`` in memory (buffers and metadata); returns the report."""
+    candidates = candidate_distributions(model, family)
     predictor = Predictor(model)
-    fit = collect_residuals(predictor, frames)
-    scales = {q: fit_variance_scale(fit[q].residual, fit[q].sigma) for q in QUANTITIES}
-    report: dict = {"alpha": scales, "fit": {}, "units": {"energy": "eV", "forces": "eV/angstrom"}}
+    fit = {q: r.informative() for q, r in collect_residuals(predictor, frames).items()}
+    fitted = {q: fit_quantity(fit[q], candidates) for q in QUANTITIES}
+    scales = {q: fitted[q]["alpha"] for q in QUANTITIES}
+    distributions = {q: fitted[q]["distribution"] for q in QUANTITIES}
+    report: dict = {
+        "alpha": scales,
+        "distribution": {q: distributions[q].as_dict() for q in QUANTITIES},
+        "candidates": {q: fitted[q]["candidates"] for q in QUANTITIES},
+        "units": {"energy": "eV", "forces": "eV/angstrom"},
+    }
     sets = {"fit": fit}
     if test_frames is not None:
-        sets["test"] = collect_residuals(predictor, test_frames)
+        sets["test"] = {q: r.informative() for q, r in collect_residuals(predictor, test_frames).items()}
     for name, data in sets.items():
         report[name] = {
             q: {
+                "n_exact": data[q].n_exact,
                 "before": metrics(data[q].residual, data[q].sigma),
-                "after": metrics(data[q].residual, data[q].sigma * np.sqrt(scales[q])),
+                "after": metrics(data[q].residual, data[q].sigma * np.sqrt(scales[q]), distributions[q]),
             }
             for q in QUANTITIES
         }
-    apply_scales(model, scales["energy"], scales["forces"])
+    apply_scales(model, scales["energy"], scales["forces"], distributions)
     report["_curves"] = {name: {q: (data[q].residual, data[q].sigma) for q in QUANTITIES} for name, data in sets.items()}
+    report["_distributions"] = distributions
     return report
 
 
-def apply_scales(model: ExportedModel, energy_alpha: float, force_alpha: float) -> None:
-    """Store the variance scales in the module buffers and the metadata."""
+def apply_scales(model: ExportedModel, energy_alpha: float, force_alpha: float,
+                 distributions: Optional[Dict[str, Distribution]] = None) -> None:
+    """Store the variance scales in the module buffers and the metadata (with the predictive
+    distribution of each quantity, Gaussian unless given)."""
     for name, value in (("energy_variance_scale", energy_alpha), ("force_variance_scale", force_alpha)):
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value}")
         getattr(model.module, name).fill_(float(value))
+    distributions = distributions or {}
     model.metadata.setdefault("calibration", {}).update(
-        energy_variance_scale=float(energy_alpha), force_variance_scale=float(force_alpha))
+        energy_variance_scale=float(energy_alpha), force_variance_scale=float(force_alpha),
+        energy_distribution=distributions.get("energy", GAUSSIAN).as_dict(),
+        force_distribution=distributions.get("forces", GAUSSIAN).as_dict())
 
 
 def reliability_diagram(report: dict, path: Path) -> Path:
@@ -158,9 +254,11 @@ def reliability_diagram(report: dict, path: Path) -> Path:
     for ax, q in zip(axes, QUANTITIES):
         residual, sigma = curves[name][q]
         alpha = report["alpha"][q]
+        distribution = report["_distributions"][q]
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="ideal")
-        for label, s, style in (("before", sigma, "C3"), (f"after (alpha = {alpha:.3g})", sigma * np.sqrt(alpha), "C0")):
-            ax.plot(levels, calibration_curve(residual, s, levels), color=style, lw=2, label=label)
+        for label, s, dist, style in (("before (Gaussian)", sigma, GAUSSIAN, "C3"),
+                                      (f"after (alpha = {alpha:.3g}, {distribution.describe()})", sigma * np.sqrt(alpha), distribution, "C0")):
+            ax.plot(levels, calibration_curve(residual, s, levels, dist), color=style, lw=2, label=label)
         m = report[name][q]["after"]
         ax.set_title(f"{q} ({name} set): ECE {m['ece']:.3f}, 95% coverage {m['coverage_95']:.3f}")
         ax.set_xlabel("expected coverage of the central interval")
@@ -176,8 +274,9 @@ def reliability_diagram(report: dict, path: Path) -> Path:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Variance scales: energy alpha = {report['alpha']['energy']:.4g}, "
-             f"forces alpha = {report['alpha']['forces']:.4g}", ""]
+    lines = [f"Variance scales: energy alpha = {report['alpha']['energy']:.4g} "
+             f"({report['_distributions']['energy'].describe()}), forces alpha = {report['alpha']['forces']:.4g} "
+             f"({report['_distributions']['forces'].describe()}); 'before' is the raw sigma read as a Gaussian", ""]
     for name in ("fit", "test"):
         if name not in report:
             continue
@@ -189,6 +288,10 @@ def markdown(report: dict) -> str:
                 m = report[name][q][when]
                 lines.append(f"| {q} | {when} | {m['nll']:.3f} | {m['coverage_68']:.3f} | {m['coverage_95']:.3f} | "
                              f"{m['ece']:.3f} | {m['miscalibration_area']:.3f} | {m['rmse']:.4g} | {m['mean_sigma']:.4g} |")
+        exact = {q: report[name][q]["n_exact"] for q in QUANTITIES if report[name][q]["n_exact"]}
+        if exact:
+            lines.append("left out (sigma zero to rounding, fixed by symmetry): "
+                         + ", ".join(f"{n} {q} samples" for q, n in exact.items()))
         lines.append("")
     return "\n".join(lines)
 
@@ -204,12 +307,12 @@ def write_reports(report: dict, stem: Path) -> List[Path]:
     return paths
 
 
-def calibrate_file(model_path, data, output, test=None, report_stem=None) -> dict:
+def calibrate_file(model_path, data, output, test=None, report_stem=None, family: str = "auto") -> dict:
     """CLI entry: load, calibrate, write the calibrated model and the reports."""
     from ..train.data import read_structures
 
     model = load_model(model_path)
-    report = calibrate(model, read_structures(data), read_structures(test) if test else None)
+    report = calibrate(model, read_structures(data), read_structures(test) if test else None, family=family)
     model.save(output)
     stem = Path(report_stem) if report_stem else Path(output).with_suffix("")
     report["reports"] = [str(p) for p in write_reports(report, Path(str(stem) + "_calibration"))]

@@ -15,7 +15,8 @@ from mlip_md.predictor import Predictor
 from mlip_md.train.data import to_graph
 from mlip_md.train.trainer import TrainConfig, split_train_val, train_ensemble
 from mlip_md.uq.bll import last_layer_design
-from mlip_md.uq.calibration import calibrate, fit_variance_scale, metrics, write_reports
+from mlip_md.uq.calibration import (GAUSSIAN, Distribution, Residuals, calibrate, fit_quantity, fit_variance_scale,
+                                    metrics, write_reports)
 
 from conftest import TINY, emt_cu_frames
 
@@ -53,6 +54,27 @@ def test_variance_scale_recovers_known_alpha():
     assert calibrated["ece"] < 0.01 and calibrated["miscalibration_area"] < 0.01
     raw = metrics(residual, sigma)
     assert raw["coverage_95"] < 0.8 and raw["ece"] > 0.1
+
+
+def test_small_ensembles_calibrate_as_student_t():
+    """sigma from K = 4 members is a sample std: residual / sigma is t-distributed with 3 dof.
+    The maximum-likelihood choice picks the t, recovers the scale and calibrates all levels;
+    samples with sigma zero to rounding (fixed by symmetry) are left out."""
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0.01, 0.5, 100_000)
+    members = rng.normal(size=(4, truth.size)) * truth
+    sigma = members.std(axis=0, ddof=1)
+    residual = rng.normal(size=truth.size) * truth * np.sqrt(2.5 * (1 + 1 / 4))  # y - mean of members
+    data = Residuals("forces", np.r_[residual, 1e-17 * rng.normal(size=500)], np.r_[sigma, np.full(500, 1e-16)])
+    informative = data.informative()
+    assert informative.n_exact == 500 and len(informative.residual) == truth.size
+    fit = fit_quantity(informative, [GAUSSIAN, Distribution("student-t", 3.0)])
+    assert fit["distribution"].family == "student-t"
+    assert fit["alpha"] == pytest.approx(2.5 * 1.25, rel=0.03)
+    student = metrics(residual, sigma * np.sqrt(fit["alpha"]), fit["distribution"])
+    gaussian = metrics(residual, sigma * np.sqrt(fit_variance_scale(residual, sigma)))
+    assert student["ece"] < 0.01 and student["coverage_95"] == pytest.approx(0.95, abs=0.005)
+    assert gaussian["ece"] > 0.05  # the heavy tails a Gaussian cannot follow
 
 
 def test_bll_sigma_points_reproduce_the_posterior(bll_model, split):
@@ -122,6 +144,9 @@ def test_calibration_writes_reports_and_scales(which, bll_model, evidential_mode
     calibrated = load_model(out)
     assert calibrated.metadata["calibration"]["energy_variance_scale"] == pytest.approx(report["alpha"]["energy"])
     assert float(calibrated.module.force_variance_scale) == pytest.approx(report["alpha"]["forces"])
+    assert calibrated.metadata["calibration"]["force_distribution"] == report["distribution"]["forces"]
+    # K = 2 (t with 1 dof has no variance) and the other heads: Gaussian only
+    assert [c["family"] for c in report["candidates"]["forces"]] == ["gaussian"]
     paths = write_reports(report, tmp_path / "report")
     assert [p.suffix for p in paths] == [".json", ".md", ".png"] and all(p.stat().st_size > 0 for p in paths)
     assert "coverage_95" in json.loads(paths[0].read_text())["fit"]["energy"]["after"]
