@@ -56,10 +56,11 @@ class ValidationReport:
         return {"model": self.model, "passed": self.passed, "checks": [dataclasses.asdict(c) for c in self.checks]}
 
     def table(self) -> str:
-        lines = [f"conformance of {self.model}", f"{'check':<34} {'result':<6} {'value':>11} {'tolerance':>11}"]
+        width = max([34] + [len(c.name) for c in self.checks])
+        lines = [f"conformance of {self.model}", f"{'check':<{width}} {'result':<6} {'value':>11} {'tolerance':>11}"]
         for c in self.checks:
             lines.append(
-                f"{c.name:<34} {'PASS' if c.passed else 'FAIL':<6} {c.value:>11.3e} {c.tolerance:>11.1e}"
+                f"{c.name:<{width}} {'PASS' if c.passed else 'FAIL':<6} {c.value:>11.3e} {c.tolerance:>11.1e}"
                 + (f"  {c.detail}" if c.detail else "")
             )
         lines.append("all checks passed" if self.passed else f"{len(self.failures())} check(s) FAILED")
