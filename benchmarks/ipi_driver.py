@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
 import torch
 from ase.build import bulk
 

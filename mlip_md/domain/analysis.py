@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import ase
 import numpy as np
@@ -168,7 +168,7 @@ def crystal_only_plot(records: AtomRecord, report: dict, path: Path) -> Path:
         ax.set_ylabel("|force error| (eV/Å)")
         ax.axhline(report["error_threshold"], color="0.5", ls="--", lw=1)
         ax.legend(fontsize=7, markerscale=2)
-    fig.suptitle(f"bulk-only model; AUROC: " + ", ".join(f"{k} {v:.2f}" for k, v in report["auroc"].items()),
+    fig.suptitle("bulk-only model; AUROC: " + ", ".join(f"{k} {v:.2f}" for k, v in report["auroc"].items()),
                  fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -14,7 +14,7 @@ model (``MLIPotential.kernel_distance``); this module fits the reference set and
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 

@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import ProtocolError, ServerGoneError
-from ..monitor import ExtrapolationHalt, MonitorPolicy, annotated_frame
+from ..monitor import ExtrapolationHalt, MonitorPolicy
 from . import ipi_wire as wire
 from .ipi_wire import Message
 

@@ -85,7 +85,6 @@ class Residuals:
             raise ValueError(f"the {self.name} uncertainties are all zero (or negative): calibration needs a model "
                              "with a spread (an ensemble with K >= 2 members, or another UQ head)")
 
-
     def informative(self) -> "Residuals":
         """Without the samples whose sigma is zero to rounding (see the module docstring)."""
         keep = self.sigma > EXACT_SIGMA * np.median(self.sigma)

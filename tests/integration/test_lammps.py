@@ -337,7 +337,7 @@ run 10
         proc = run_lmp(["-in", "in.mpi", "-log", "log.lammps"], work, env, mpi=ranks if ranks > 1 else 0)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         log = (work / "log.lammps").read_text()
-        assert f"Loop time of" in log and f"on {ranks} procs for 10 steps" in log
+        assert "Loop time of" in log and f"on {ranks} procs for 10 steps" in log
         thermo = np.array(thermo_rows(log))
         frames = dump_frames((work / "out.dump").read_text())
         results[ranks] = (thermo, frames, read(work / "flagged.extxyz", index=":"))

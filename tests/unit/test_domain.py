@@ -9,7 +9,7 @@ from scipy import stats
 
 from mlip_md.domain.hull import hull_distance, in_hull
 from mlip_md.domain.kernel import farthest_point_sampling, fit_reference_set, kernel_distance
-from mlip_md.train.data import collate, to_graph
+from mlip_md.train.data import to_graph
 from mlip_md.train.fit import raw_features
 
 

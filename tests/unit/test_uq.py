@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from ase.build import bulk
 
 from mlip_md.model.io import load_model, load_potential, read_metadata
@@ -18,7 +17,7 @@ from mlip_md.uq.bll import last_layer_design
 from mlip_md.uq.calibration import (GAUSSIAN, Distribution, Residuals, calibrate, fit_quantity, fit_variance_scale,
                                     metrics, write_reports)
 
-from conftest import TINY, emt_cu_frames
+from conftest import TINY
 
 
 @pytest.fixture(scope="module")
