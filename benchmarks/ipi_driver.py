@@ -3,7 +3,9 @@ model through MLIPCalculator), side by side in one run, NVE Cu at N = 500, 4000,
 
 Reports steps/s of each pair (timed by i-PI's own per-step wall clock, which excludes i-PI's
 start-up and shutdown), the ratio, and the share of the mlip_md driver's step time spent outside
-the model call. A zero-force model served by mlip_md versus ``i-pi-driver-py -m dummy`` gives
+the model call. Both drivers do the same work (energy, forces, virial; the ASE side runs
+``MLIPCalculator(monitors=False)``, mlip_md ``--monitor-every 0``); one more column has mlip_md
+with its default monitors (sigma, T², d_min, contacts) on every step. A zero-force model served by mlip_md versus ``i-pi-driver-py -m dummy`` gives
 the pure protocol overhead.
 
     python benchmarks/ipi_driver.py [--sizes 500 4000 32000] [--steps 20] [--output table.md]
@@ -125,22 +127,26 @@ def main() -> None:
         atoms = crystal(n_target)
         n = len(atoms)
         steps = max(5, args.steps if n < 20000 else args.steps // 2)
-        ours = run_pair(root / f"ours_{n}", atoms, steps, mlip + ["--model", args.model, "--committee", "off"])
+        ours = run_pair(root / f"ours_{n}", atoms, steps,
+                        mlip + ["--model", args.model, "--committee", "off", "--monitor-every", "0"])
+        monitored = run_pair(root / f"mon_{n}", atoms, steps, mlip + ["--model", args.model, "--committee", "off"])
         theirs = run_pair(root / f"ase_{n}", atoms, steps, baseline)
-        zero_ours = run_pair(root / f"zero_{n}", atoms, steps * 5, mlip + ["--model", str(zero), "--committee", "off"])
+        zero_ours = run_pair(root / f"zero_{n}", atoms, steps * 5,
+                             mlip + ["--model", str(zero), "--committee", "off", "--monitor-every", "0"])
         zero_dummy = run_pair(root / f"dummy_{n}", atoms, steps * 5,
                               ["i-pi-driver-py", "-u", "-a", "{address}", "-m", "dummy"])
         outside = float(ours["log"].split("% of it outside the model")[0].split()[-1])
         rows.append((n, ours["steps_per_second"], theirs["steps_per_second"], outside, zero_ours["steps_per_second"],
-                     zero_dummy["steps_per_second"]))
+                     zero_dummy["steps_per_second"], monitored["steps_per_second"]))
         print(f"N={n}: mlip_md {rows[-1][1]:.2f} steps/s ({outside:.1f}% outside the model), i-pi-driver-py+ASE "
               f"{rows[-1][2]:.2f} steps/s (x{rows[-1][1] / rows[-1][2]:.2f}); zero model {rows[-1][4]:.1f} vs "
-              f"dummy {rows[-1][5]:.1f} steps/s", flush=True)
+              f"dummy {rows[-1][5]:.1f} steps/s; with monitors every step {rows[-1][6]:.2f} steps/s", flush=True)
     lines = ["| N atoms | i-PI + mlip-md ipi (steps/s) | i-PI + i-pi-driver-py ASE (steps/s) | ratio | "
-             "driver time outside the model | zero model, mlip-md ipi (steps/s) | i-pi-driver-py -m dummy (steps/s) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for n, a, b, o, z, d in rows:
-        lines.append(f"| {n} | {a:.2f} | {b:.2f} | {a / b:.2f} | {o:.1f}% | {z:.1f} | {d:.1f} |")
+             "driver time outside the model | mlip-md ipi + monitors every step (steps/s) | "
+             "zero model, mlip-md ipi (steps/s) | i-pi-driver-py -m dummy (steps/s) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, a, b, o, z, d, m in rows:
+        lines.append(f"| {n} | {a:.2f} | {b:.2f} | {a / b:.2f} | {o:.1f}% | {m:.2f} | {z:.1f} | {d:.1f} |")
     table = "\n".join(lines)
     print(table)
     if args.output:

@@ -251,6 +251,9 @@ def _add_ipi(sub) -> None:
     p.add_argument("--monitor", type=_monitor_rule, action="append", default=[],
                    help="SIGNAL:THRESHOLD:ACTIONS, e.g. mahalanobis:500:warn,dump (repeatable); "
                    "actions warn, dump, label, halt")
+    p.add_argument("--monitor-every", type=int, default=1,
+                   help="compute the monitors (sigma, T^2, d_min, contacts; the extras' *_max keys and the "
+                   "--monitor rules) every N steps; 0: never (committee_pot is sent every step regardless)")
     p.add_argument("--hysteresis", type=float, default=0.1, help="a fired rule re-arms below threshold x (1 - h)")
     p.add_argument("--cooldown", type=int, default=0, help="steps a rule stays quiet after firing")
     p.add_argument("--dedupe", type=float, default=0.05,
@@ -296,7 +299,7 @@ def cmd_ipi(args) -> int:
                           port=args.port, socket_prefix=args.socket_prefix, connect_timeout=args.connect_timeout)
     try:
         driver = Driver(evaluator, client, numbers=numbers, committee=args.committee, monitor=monitor,
-                        exit_file=args.exit_file)
+                        exit_file=args.exit_file, monitor_every=args.monitor_every)
         return serve(driver)
     finally:
         if comm is not None:

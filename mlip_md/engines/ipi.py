@@ -15,6 +15,9 @@ Extras every step (JSON): ``committee_pot`` (Hartree, one per member; ``--commit
 and mlip_md's monitor values (eV, Å): ``energy_uncertainty``, ``energy_sigma_max``,
 ``force_sigma_max``, ``mahalanobis_max``, ``d_min_max``, ``min_distance_ratio_min`` and
 ``flagged`` (atoms beyond the model's T^2 / d_min thresholds or closer than any training pair).
+``monitor_every`` = N computes the monitor values (and applies the monitor policy) on every N-th
+step only, like the LAMMPS plugin's ``uncertainty_every``; the other steps send
+``energy_uncertainty`` and the committee keys alone.
 """
 from __future__ import annotations
 
@@ -133,9 +136,11 @@ class Driver:
     def __init__(self, evaluator, client: SocketClient, numbers: Optional[Sequence[int]] = None,
                  committee: str = "energy", monitor: Optional[MonitorPolicy] = None,
                  exit_file: Optional[Path] = None, max_atoms: int = 10_000_000,
-                 on_step: Optional[Callable] = None):
+                 on_step: Optional[Callable] = None, monitor_every: int = 1):
         if committee not in COMMITTEE_MODES:
             raise ValueError(f"committee must be one of {COMMITTEE_MODES}, got {committee!r}")
+        if monitor_every < 0 or (monitor is not None and monitor_every == 0):
+            raise ValueError(f"monitor_every must be >= 1 with monitor rules (>= 0 without), got {monitor_every}")
         self.evaluator = evaluator
         self.client = client
         model = evaluator.model
@@ -151,6 +156,7 @@ class Driver:
             model.check_elements(self.numbers)
         self.committee = committee
         self.monitor = monitor
+        self.monitor_every = monitor_every
         self.exit_file = exit_file
         self.max_atoms = max_atoms
         self.on_step = on_step
@@ -203,9 +209,11 @@ class Driver:
         wire.decode_positions(self.client.recv(24 * n), n, out=self.positions)
         if self.numbers is None:
             self.numbers = np.full(n, self.evaluator.model.atomic_numbers[0], dtype=np.int64)
+        monitors = self.monitor_every > 0 and self.steps % self.monitor_every == 0
         pred = self.evaluator.predict(self.numbers, self.positions, cell, True,
-                                      monitors=True, force_sigma=self.committee == "full")
-        self._observe(cell, pred)
+                                      monitors=monitors, force_sigma=self.committee == "full")
+        if monitors:
+            self._observe(cell, pred)
         # virial as i-PI's own ASE driver sends it: (-stress V)^T = W = -sum r_ij (x) g_ij
         extras = json.dumps(self.extras(pred)).encode()
         self.reply = wire.encode_forceready(pred.energy, pred.forces, pred.virial, extras)

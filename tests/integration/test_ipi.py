@@ -163,6 +163,16 @@ def test_virial_equals_ase_stress(tmp_path):
     np.testing.assert_allclose(printed, expected, rtol=1e-6, atol=1e-12)  # printed with 8 digits
 
 
+def test_monitor_every_computes_monitors_on_every_nth_step(tmp_path):
+    atoms = crystal(repeat=3, seed=5)
+    seen = []
+    driver = run_in_process(tmp_path, atoms, lambda a: simulation_xml(a, 5, temperature=10), monitor_every=2,
+                            on_step=lambda step, pred: seen.append((step, pred.mahalanobis is not None)))
+    assert seen == [(step, step % 2 == 0) for step in range(driver.steps)] and driver.steps >= 5
+    with pytest.raises(ValueError, match="monitor_every must be >= 1 with monitor rules"):
+        Driver(Predictor(), SocketClient("x"), numbers=atoms.numbers, monitor=MonitorPolicy([]), monitor_every=0)
+
+
 def test_ffcommittee_active_output(tmp_path):
     """i-PI's own <ffcommittee parse_json='true'> consumes the driver's committee extras and
     writes the active-learning file when the committee spread crosses active_thresh."""
