@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import ase.data
+import numpy as np
 import torch
 
 from .. import __version__
@@ -219,8 +220,8 @@ class ExportedModel:
         """Raise UnknownElementError naming unknown elements and the known ones."""
         from ..errors import UnknownElementError
 
-        known = set(self.atomic_numbers)
-        unknown = sorted({int(z) for z in numbers} - known)
+        present = np.unique(np.asarray(numbers, dtype=np.int64))  # a set over N Python ints costs ~0.3 µs/atom
+        unknown = sorted(set(present.tolist()) - set(self.atomic_numbers))
         if unknown:
             names = ", ".join(ase.data.chemical_symbols[z] if 0 < z < len(ase.data.chemical_symbols) else str(z) for z in unknown)
             raise UnknownElementError(
