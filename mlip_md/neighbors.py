@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mlip_md import _core
+from mlip_md._native import core as _core
 
 __all__ = ["NeighborList", "neighbor_list", "neighbor_list_from_atoms"]
 

@@ -1,6 +1,8 @@
 """Shared fixtures: small labelled EMT data sets and quickly trained tiny models."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,10 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from mlip_md.model.potential import MLIPotential, ModelConfig
 from mlip_md.train.data import to_graph
 from mlip_md.train.fit import fit_domain_statistics, fit_normalisation
+
+# Subprocesses of the tests (`python -m mlip_md.cli ...`, run from the repository root) must import
+# the installed package, which has the compiled core, not the source tree in the current directory.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 TINY = dict(cutoff=4.5, switch_width=1.0, n_max=4, l_max=2, hidden=(16, 16))
 

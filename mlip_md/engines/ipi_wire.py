@@ -37,7 +37,7 @@ import enum
 
 import numpy as np
 
-from mlip_md import _core
+from mlip_md._native import core as _core
 from mlip_md.errors import ProtocolError
 
 __all__ = [
