@@ -191,7 +191,7 @@ def cmd_domain(args) -> int:
                                   ensemble=args.ensemble, epochs=args.epochs, seed=args.seed, workers=args.workers)
     if args.analysis == "crystal-only":
         report = workflows.crystal_only(settings, args.output, model=args.model, n_train=args.train_structures,
-                                        error_threshold=args.error_threshold)
+                                        error_threshold=args.error_threshold, soap=args.soap)
         from .domain.analysis import crystal_only_markdown as render
     else:
         report = workflows.bond_breaking(settings, args.output, s_train_max=args.s_train_max, model=args.model)
@@ -504,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--train-structures", type=int, default=120)
     p.add_argument("--error-threshold", type=float, help="eV/Å (default: 3x the in-domain force RMSE)")
+    p.add_argument("--soap", action="store_true",
+                   help="crystal-only: also score atoms with model-agnostic T^2 / d_min on SOAP descriptors "
+                   "(needs featomic: pip install \"mlip_md[soap]\")")
     p.add_argument("--s-train-max", type=float, default=0.2, help="largest bond stretch in the dimer training set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)

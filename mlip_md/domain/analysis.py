@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import ase
 import numpy as np
@@ -76,10 +76,15 @@ class AtomRecord:
     energy_sigma: np.ndarray
     force_sigma: np.ndarray
     force_error: np.ndarray  # |F_model - F_ref| per atom, eV/Å
+    soap_t2: Optional[np.ndarray] = None  # model-agnostic signals (mlip_md.domain.soap), when asked for
+    soap_d_min: Optional[np.ndarray] = None
+
+
+MODEL_FIELDS = ("category", "z", "distortion", "t2", "d_min", "energy_sigma", "force_sigma", "force_error")
 
 
 def evaluate_atoms(predictor, frames: Dict[str, Sequence[ase.Atoms]], shell: float, ideal: float) -> AtomRecord:
-    rows: Dict[str, List[np.ndarray]] = {k: [] for k in AtomRecord.__dataclass_fields__}
+    rows: Dict[str, List[np.ndarray]] = {k: [] for k in MODEL_FIELDS}
     for category, structures in frames.items():
         for atoms in structures:
             pred = predictor.predict_atoms(atoms, monitors=True, force_sigma=True)
@@ -96,7 +101,8 @@ def evaluate_atoms(predictor, frames: Dict[str, Sequence[ase.Atoms]], shell: flo
 
 
 SIGNALS = {"T^2": "t2", "d_min": "d_min", "ensemble energy sigma": "energy_sigma",
-           "ensemble force sigma": "force_sigma", "distortion D": "distortion"}
+           "ensemble force sigma": "force_sigma", "distortion D": "distortion",
+           "SOAP T^2 (model-agnostic)": "soap_t2", "SOAP d_min (model-agnostic)": "soap_d_min"}
 
 
 def crystal_only_report(records: AtomRecord, error_threshold: float) -> dict:
@@ -113,7 +119,8 @@ def crystal_only_report(records: AtomRecord, error_threshold: float) -> dict:
             "force_rmse": float(np.sqrt((records.force_error[m] ** 2).mean())),
             "fraction_above_threshold": float(bad[m].mean()),
         }
-    aurocs = {name: auroc(getattr(records, attr), bad) for name, attr in SIGNALS.items()}
+    aurocs = {name: auroc(getattr(records, attr), bad) for name, attr in SIGNALS.items()
+              if getattr(records, attr) is not None}
     valid = np.isfinite(records.d_min)
     best = max((k for k in aurocs if np.isfinite(aurocs[k])), key=lambda k: aurocs[k], default=None)
     return {
@@ -168,7 +175,8 @@ def crystal_only_plot(records: AtomRecord, report: dict, path: Path) -> Path:
         ax.set_ylabel("|force error| (eV/Å)")
         ax.axhline(report["error_threshold"], color="0.5", ls="--", lw=1)
         ax.legend(fontsize=7, markerscale=2)
-    fig.suptitle("bulk-only model; AUROC: " + ", ".join(f"{k} {v:.2f}" for k, v in report["auroc"].items()),
+    scores = [f"{k} {v:.2f}" for k, v in report["auroc"].items()]
+    fig.suptitle("bulk-only model; AUROC: " + "\n".join(", ".join(scores[i:i + 4]) for i in range(0, len(scores), 4)),
                  fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:

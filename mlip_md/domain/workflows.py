@@ -93,17 +93,19 @@ def train_model(frames: List[ase.Atoms], settings: Settings, output: Path, progr
 
 
 def crystal_only(settings: Settings, outdir: Path, model: Optional[Path] = None, n_train: int = 120,
-                 error_threshold: Optional[float] = None, progress=None) -> dict:
+                 error_threshold: Optional[float] = None, progress=None, soap: bool = False) -> dict:
     """Train (unless ``model`` is given) on perfect crystals, evaluate on defects/surfaces/
-    distorted cells, write crystal_only.{json,md,png} to ``outdir``."""
+    distorted cells, write crystal_only.{json,md,png} to ``outdir``. ``soap``: also score every
+    atom with model-agnostic T^2 and d_min on SOAP descriptors of the training structures
+    (featomic, :mod:`mlip_md.domain.soap`)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(settings.seed)
     calc = make_reference(settings.reference)
     a = settings.lattice_constant or equilibrium_lattice_constant(settings.element, calc)
+    training = thermal_crystals(settings.element, a, n_train, rng)  # always drawn: same test sets with --model
     if model is None:
-        training = label(thermal_crystals(settings.element, a, n_train, rng), calc)
-        model = train_model(training, settings, outdir / "crystal_only_model.pt", progress)
+        model = train_model(label(training, calc), settings, outdir / "crystal_only_model.pt", progress)
     test = {
         "bulk (as trained)": label(thermal_crystals(settings.element, a, 6, rng), calc),
         "vacancy": label(thermal_crystals(settings.element, a, 6, rng, vacancy=True), calc),
@@ -113,6 +115,12 @@ def crystal_only(settings: Settings, outdir: Path, model: Optional[Path] = None,
     }
     nearest = a / np.sqrt(2)
     records = analysis.evaluate_atoms(Predictor(model), test, shell=0.5 * (nearest + a), ideal=nearest)
+    if soap:
+        from .soap import soap_domain_signals
+
+        signals = soap_domain_signals(training, [atoms for frames in test.values() for atoms in frames],
+                                      cutoff=Predictor(model).cutoff)
+        records.soap_t2, records.soap_d_min = signals["t2"], signals["d_min"]
     if error_threshold is None:  # 3x the force RMSE on held-out bulk: "clearly worse than in-domain"
         bulk_rows = records.category == "bulk (as trained)"
         error_threshold = float(3 * np.sqrt((records.force_error[bulk_rows] ** 2).mean()))

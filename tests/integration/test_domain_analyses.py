@@ -73,3 +73,12 @@ def test_bond_breaking_exit_and_error_growth(tmp_path):
     assert all(r["hull_distance"] < 1e-7 for r in inside)
     assert report["energy_error_beyond"] > 10 * report["energy_error_inside"]
     assert all((tmp_path / "bb" / f"bond_breaking.{ext}").exists() for ext in ("json", "md", "png"))
+
+
+def test_crystal_only_with_model_agnostic_soap_signals(tmp_path, bulk_only_model):
+    pytest.importorskip("featomic")
+    report = workflows.crystal_only(workflows.Settings(lattice_constant=A), tmp_path / "soap", model=bulk_only_model,
+                                    n_train=30, soap=True)
+    aurocs = report["auroc"]
+    assert {"SOAP T^2 (model-agnostic)", "SOAP d_min (model-agnostic)"} <= set(aurocs)
+    assert max(aurocs["SOAP T^2 (model-agnostic)"], aurocs["SOAP d_min (model-agnostic)"]) >= 0.8

@@ -102,3 +102,53 @@ def test_model_t_squared_uses_stored_statistics(random_potential, emt_frames):
     assert 1 < summary["dof"] < features.shape[1]  # correlated descriptors: fewer effective dof
     assert t2.mean() == pytest.approx(summary["dof"], rel=2e-3)  # (n - 1) / n: unbiased covariance
     assert summary["empirical"] == pytest.approx(np.quantile(t2, 0.999))
+
+
+# ------------------------------------------------------------------ model-agnostic SOAP domain
+def _soap_training_set():
+    from ase.build import bulk
+
+    frames = []
+    for k in range(12):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+        atoms.rattle(0.05, seed=k)
+        frames.append(atoms)
+    return frames
+
+
+def test_soap_domain_zero_on_training_points_and_flags_a_surface():
+    pytest.importorskip("featomic")
+    from ase.build import bulk, fcc111
+
+    from mlip_md.domain.soap import SoapDescriptor, SoapDomain
+
+    train = _soap_training_set()
+    domain = SoapDomain.fit(SoapDescriptor([29]), train)
+    on_training = domain.evaluate(train[:2])
+    assert on_training["d_min"].min() == 0.0  # reference environments are training atoms
+    held_out = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3)
+    held_out.rattle(0.05, seed=99)
+    slab = fcc111("Cu", (3, 3, 4), a=3.6, vacuum=6.0, periodic=True)
+    bulk_signals, slab_signals = domain.evaluate([held_out]), domain.evaluate([slab])
+    assert bulk_signals["outside"].mean() < 0.05
+    z = slab.positions[:, 2]
+    surface = (z < z.min() + 0.1) | (z > z.max() - 0.1)
+    assert slab_signals["outside"][surface].all()
+    assert slab_signals["t2"][surface].min() > 10 * bulk_signals["t2"].max()
+
+
+def test_soap_descriptor_rows_follow_atom_order_and_bad_input():
+    pytest.importorskip("featomic")
+    from mlip_md.domain.soap import SoapDescriptor
+
+    atoms = _soap_training_set()[0]
+    descriptor = SoapDescriptor([29])
+    order = np.random.default_rng(0).permutation(len(atoms))
+    x, x_permuted = descriptor.compute([atoms]), descriptor.compute([atoms[order]])
+    np.testing.assert_allclose(x_permuted, x[order], atol=1e-12)
+    gold = atoms.copy()
+    gold.numbers[0] = 79
+    with pytest.raises(ValueError, match=r"\[79\] are not in the SOAP species"):
+        descriptor.compute([gold])
+    with pytest.raises(ValueError, match="cutoff > smoothing"):
+        SoapDescriptor([29], cutoff=0.3)
