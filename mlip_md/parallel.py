@@ -112,7 +112,7 @@ class ParallelPredictor:
         summed.energy = float(summed.energies.sum())
         totals = summed.energy_members.sum(axis=1)
         k = len(totals)
-        summed.energy_uncertainty = float(totals.std(ddof=1) * self.predictor.energy_scale) if k > 1 else 0.0
+        summed.energy_uncertainty = self.predictor.total_energy_uncertainty(totals, len(summed.energies))
         if summed.energy_variance is not None:
             summed.energy_uncertainty = float(np.sqrt(summed.energy_variance.sum()))
         if summed.force_members is not None:

@@ -90,6 +90,13 @@ class Predictor:
         self.force_scale = float(np.sqrt(calibration.get("force_variance_scale", 1.0)))
         self.model_seconds = 0.0  # accumulated wall time inside the model call (profiling)
         self.energy_scale = float(np.sqrt(calibration.get("energy_variance_scale", 1.0)))
+        self.energy_floor = float(calibration.get("energy_variance_floor", 0.0))  # eV^2 per atom
+
+    def total_energy_uncertainty(self, member_totals: np.ndarray, n_atoms: int) -> float:
+        """Calibrated std of a total energy (eV) from the members' totals [K] over ``n_atoms``
+        centre atoms: sqrt(alpha var_K + floor * n_atoms)."""
+        spread = member_totals.std(ddof=1) * self.energy_scale if len(member_totals) > 1 else 0.0
+        return float(np.sqrt(spread**2 + self.energy_floor * n_atoms))
 
     @property
     def cutoff(self) -> float:
@@ -180,7 +187,7 @@ class Predictor:
             virial=virial.cpu().numpy(),
             stress=stress,
             energy_members=members,
-            energy_uncertainty=float(totals.std(ddof=1) * self.energy_scale) if len(totals) > 1 else 0.0,
+            energy_uncertainty=self.total_energy_uncertainty(totals, len(energies)),
         )
         if "energy_variance" in out:  # evidential head: atoms independent, calibrated in the model
             pred.energy_variance = out["energy_variance"].detach().to(torch.float64).cpu().numpy()

@@ -32,7 +32,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 #: buffers added after format version 1 was fixed; files without them still load
-OPTIONAL_BUFFERS = ("reference_features", "reference_count", "kernel_length", "bll_factor")
+OPTIONAL_BUFFERS = ("reference_features", "reference_count", "kernel_length", "bll_factor", "energy_variance_floor")
 
 
 def default_model_path() -> Path:
@@ -66,6 +66,7 @@ def build_metadata(module: MLIPotential, dtype: str, extra: Optional[Dict[str, A
         "n_features": int(module.n_features),
         "calibration": {
             "energy_variance_scale": float(module.energy_variance_scale),
+            "energy_variance_floor": float(module.energy_variance_floor),
             "force_variance_scale": float(module.force_variance_scale),
         },
         "monitors": {"pair_min_distance": _pair_min_distances(module, numbers)},
@@ -256,7 +257,12 @@ class ExportedModel:
 
 
 def load_model(path: Optional[PathLike] = None, device: str = "cpu") -> ExportedModel:
-    """Load a model file (``None``/"default": the shipped Cu model)."""
+    """Load a model file (``None``/"default": the shipped Cu model; ``*.pt2``: a compiled
+    package, see :mod:`mlip_md.model.compiled`)."""
+    if path is not None and str(path).endswith(".pt2"):
+        from .compiled import load_compiled
+
+        return load_compiled(path, device=device)
     return ExportedModel.load(path, device=device)
 
 
@@ -264,7 +270,7 @@ def load_potential(path: PathLike) -> MLIPotential:
     """Rebuild the trainable Python module (for fine-tuning / warm starts) from a model file."""
     model = ExportedModel.load(path)
     config = ModelConfig.from_dict(model.metadata["model_config"])
-    module = MLIPotential(config)
+    module = MLIPotential(config).to(torch.float64)  # load_state_dict copies into the existing dtype
     state = {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in model.module.state_dict().items()}
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [name for name in missing if name not in OPTIONAL_BUFFERS]  # older files lack them
@@ -272,3 +278,12 @@ def load_potential(path: PathLike) -> MLIPotential:
         raise ModelFileError(f"{path}: weights do not match the architecture in its metadata "
                              f"(missing {missing}, unexpected {unexpected}); re-export the model")
     return module.to(torch.float64)
+
+
+def reexport(path: PathLike, output: PathLike) -> Path:
+    """Re-script a model file with this version's code, keeping weights, statistics and
+    metadata (calibration, monitors, provenance): gives older files the newer buffers."""
+    meta = read_metadata(path)
+    keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "mlip_md_version", "created")}
+    return save_model(load_potential(path), output, dtype=meta["dtype"], metadata=keep)
+

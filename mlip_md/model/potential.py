@@ -101,8 +101,10 @@ class MLIPotential(torch.nn.Module):
         self.register_buffer("feature_scale", torch.ones(n_features))
         self.register_buffer("atomic_reference_energy", torch.zeros(len(numbers)))
         self.register_buffer("energy_scale", torch.ones(()))
-        # Calibration (variance scale alpha: sigma_cal = sqrt(alpha) * sigma).
+        # Calibration: sigma_cal^2 = alpha sigma^2 (+ a per-atom floor for energies, eV^2/atom:
+        # the in-domain error the ensemble spread does not see; see mlip_md.uq.calibration).
         self.register_buffer("energy_variance_scale", torch.ones(()))
+        self.register_buffer("energy_variance_floor", torch.zeros(()))
         self.register_buffer("force_variance_scale", torch.ones(()))
         # Domain statistics of the training set.
         self.register_buffer("domain_mean", torch.zeros(len(numbers), n_features))
@@ -293,7 +295,7 @@ class MLIPotential(torch.nn.Module):
             for key in ("nu", "alpha", "beta"):
                 out["evidential_" + key] = heads[key] if self.training else heads[key].detach()
             variance = heads["epistemic_variance"].detach()
-            out["energy_variance"] = variance * self.energy_variance_scale
+            out["energy_variance"] = variance * self.energy_variance_scale + self.energy_variance_floor
         if compute_monitors:
             detached = features.detach()
             out["features"] = detached
@@ -306,7 +308,7 @@ class MLIPotential(torch.nn.Module):
                 sigma = members.detach().std(dim=0)
             else:
                 sigma = torch.zeros_like(atomic_energy.detach())
-            out["energy_sigma"] = sigma * torch.sqrt(self.energy_variance_scale)
+            out["energy_sigma"] = torch.sqrt(sigma * sigma * self.energy_variance_scale + self.energy_variance_floor)
             out["mahalanobis"] = self.mahalanobis(detached, local_species)
             nearest, ratio = self.contact_distances(species_index, edge_index, edge_vectors, n_local)
             out["min_distance"] = nearest

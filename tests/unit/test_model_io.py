@@ -9,7 +9,8 @@ import torch
 from ase.calculators.calculator import CalculatorSetupError
 
 from mlip_md.errors import ModelFileError
-from mlip_md.model.io import FORMAT_VERSION, METADATA_NAME, load_model, load_potential, read_metadata, save_model
+from mlip_md.model.io import (FORMAT_VERSION, METADATA_NAME, load_model, load_potential, read_metadata, reexport,
+                              save_model)
 
 
 @pytest.fixture()
@@ -56,9 +57,27 @@ def test_float32_export(tmp_path, random_potential):
 
 
 def test_load_potential_rebuilds_trainable_module(saved, random_potential):
+    """Bit for bit: a warm start or a re-export must not pass the weights through float32."""
     module = load_potential(saved)
     for (name, a), b in zip(module.state_dict().items(), random_potential.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=name)
+        torch.testing.assert_close(a, b, msg=name, rtol=0, atol=0)
+
+
+def test_reexport_keeps_weights_and_metadata(tmp_path, saved):
+    from mlip_md.uq.calibration import apply_scales
+
+    path = tmp_path / "old.pt"
+    model = load_model(saved)
+    apply_scales(model, 2.5, 1.5, energy_floor=1e-6)  # as `mlip-md calibrate` leaves it
+    model.save(path)
+    out = reexport(path, tmp_path / "new.pt")
+    new = read_metadata(out)
+    assert new["calibration"]["energy_variance_scale"] == 2.5 and new["calibration"]["energy_variance_floor"] == 1e-6
+    assert new["provenance"] == read_metadata(saved)["provenance"]
+    assert float(load_model(out).module.energy_variance_floor) == 1e-6
+    a, b = load_model(path).module.state_dict(), load_model(out).module.state_dict()
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, msg=name, rtol=0, atol=0)
 
 
 def test_missing_file(tmp_path):

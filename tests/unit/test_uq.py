@@ -14,8 +14,8 @@ from mlip_md.predictor import Predictor
 from mlip_md.train.data import to_graph
 from mlip_md.train.trainer import TrainConfig, split_train_val, train_ensemble
 from mlip_md.uq.bll import last_layer_design
-from mlip_md.uq.calibration import (GAUSSIAN, Distribution, Residuals, calibrate, fit_quantity, fit_variance_scale,
-                                    metrics, write_reports)
+from mlip_md.uq.calibration import (FREE_DOF, GAUSSIAN, Distribution, Residuals, calibrate, fit_quantity,
+                                    fit_variance_scale, metrics, write_reports)
 
 from conftest import TINY
 
@@ -74,6 +74,50 @@ def test_small_ensembles_calibrate_as_student_t():
     gaussian = metrics(residual, sigma * np.sqrt(fit_variance_scale(residual, sigma)))
     assert student["ece"] < 0.01 and student["coverage_95"] == pytest.approx(0.95, abs=0.005)
     assert gaussian["ece"] > 0.05  # the heavy tails a Gaussian cannot follow
+
+
+def test_energy_floor_recovers_alpha_and_floor_and_is_kept_only_when_present():
+    """Energies: y = mu + e, var(e) = alpha sigma^2 + floor N. The joint fit recovers both; the
+    AIC keeps the floor when it is there and drops it when it is not."""
+    rng = np.random.default_rng(2)
+    n = 20_000
+    sigma = np.exp(rng.uniform(np.log(1e-4), np.log(0.1), n))  # both regimes well sampled
+    atoms = rng.choice([107.0, 255.0], n)
+    floored = np.sqrt(0.8 * sigma**2 + 2e-6 * atoms)
+    data = Residuals("energy", rng.normal(size=n) * floored, sigma, atoms=atoms)
+    fit = fit_quantity(data, [GAUSSIAN], floor=True)
+    assert fit["floor"] == pytest.approx(2e-6, rel=0.05) and fit["alpha"] == pytest.approx(0.8, rel=0.08)
+    assert metrics(data.residual, fit["model"].scale(sigma, atoms))["ece"] < 0.01
+    alpha_only = metrics(data.residual, sigma * np.sqrt(fit_variance_scale(data.residual, sigma)))
+    assert alpha_only["ece"] > 0.05  # one alpha cannot follow both regimes
+    plain = Residuals("energy", rng.normal(size=n) * sigma * np.sqrt(0.8), sigma, atoms=atoms)
+    fit = fit_quantity(plain, [GAUSSIAN], floor=True)
+    assert fit["floor"] == 0.0 and fit["alpha"] == pytest.approx(0.8, rel=0.03)
+
+
+def test_free_dof_student_t_is_fitted():
+    rng = np.random.default_rng(3)
+    sigma = rng.uniform(0.01, 0.1, 20_000)
+    data = Residuals("energy", sigma * 1.5 * rng.standard_t(6.0, sigma.size), sigma, atoms=np.full(sigma.size, 100.0))
+    fit = fit_quantity(data, [GAUSSIAN, FREE_DOF], floor=False)
+    assert fit["distribution"].family == "student-t" and fit["distribution"].dof == pytest.approx(6.0, rel=0.25)
+    assert fit["alpha"] == pytest.approx(2.25, rel=0.05)
+
+
+def test_calibrated_floor_reaches_every_engine_output(trained_model_path, split, tmp_path):
+    """The floor lives in the model: per-atom energy_sigma^2 = alpha sigma_i^2 + floor, and the
+    total energy uncertainty^2 = alpha var_K(E) + floor N, also after a save/load round trip."""
+    from mlip_md.uq.calibration import apply_scales
+
+    model = load_model(trained_model_path)
+    atoms = split[1][0]
+    raw = Predictor(model).predict_atoms(atoms)
+    apply_scales(model, 0.5, 1.0, energy_floor=4e-6)
+    model.save(tmp_path / "floor.pt")
+    pred = Predictor(load_model(tmp_path / "floor.pt")).predict_atoms(atoms)
+    np.testing.assert_allclose(pred.energy_sigma**2, 0.5 * raw.energy_sigma**2 + 4e-6, rtol=1e-10)
+    total_var = raw.energy_members.sum(axis=1).var(ddof=1)
+    assert pred.energy_uncertainty**2 == pytest.approx(0.5 * total_var + 4e-6 * len(atoms), rel=1e-10)
 
 
 def test_bll_sigma_points_reproduce_the_posterior(bll_model, split):
