@@ -5,6 +5,7 @@
     mlip-md check m.pt                   conformance check of a model file
     mlip-md evaluate m.pt data.extxyz    errors of a model on labelled data
     mlip-md info m.pt                    print a model's metadata
+    mlip-md active run config.toml       active learning loop (resumable); `active benchmark`
 """
 from __future__ import annotations
 
@@ -178,7 +179,7 @@ def cmd_calibrate(args) -> int:
     from .uq.calibration import calibrate_file, markdown
 
     report = calibrate_file(args.model, args.data, args.output, test=args.test, report_stem=args.report,
-                            family=args.distribution)
+                            family=args.distribution, floor=not args.no_floor)
     print(markdown(report))
     print(f"wrote {args.output} and {', '.join(report['reports'])}")
     return 0
@@ -237,6 +238,8 @@ def _monitor_rule(text: str):
 def _add_ipi(sub) -> None:
     p = sub.add_parser("ipi", help="serve a model to a running i-PI server (i-PI client / driver)")
     p.add_argument("--model", default=None, help="model file (default: shipped Cu model)")
+    p.add_argument("--hybrid", type=Path, help="serve the QM/ML hybrid described by this hybrid.toml instead of "
+                   "--model (see mlip_md/qmml/config.py); under mpiexec high and low level run on separate ranks")
     p.add_argument("--address", default=None, help="unix socket name (/tmp/ipi_NAME, default mlip_md) or TCP host")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--unix", action="store_true", help="unix socket (default unless --port is given)")
@@ -280,8 +283,13 @@ def cmd_ipi(args) -> int:
     rank = 0 if comm is None else comm.Get_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"mlip-md ipi{'' if comm is None else f' [rank {rank}]'}: %(message)s")
-    predictor = Predictor(args.model, device=args.device)
-    evaluator = predictor if comm is None else ParallelPredictor(predictor, comm)
+    if args.hybrid is not None:
+        from .qmml.config import hybrid_evaluator
+
+        evaluator = hybrid_evaluator(args.hybrid, comm)
+    else:
+        predictor = Predictor(args.model, device=args.device)
+        evaluator = predictor if comm is None else ParallelPredictor(predictor, comm)
     if rank > 0:
         evaluator.serve()
         return 0
@@ -444,6 +452,104 @@ def cmd_validate_all(args) -> int:
                                   **_validate_common(args)))
 
 
+def _add_active(sub) -> None:
+    p = sub.add_parser("active", help="active learning: MD exploration, domain-shift trigger, query strategies, "
+                       "oracle labels, retraining; resumable")
+    asub = p.add_subparsers(dest="workflow", required=True)
+    q = asub.add_parser("run", help="run (or resume, after any interruption) the loop described by a TOML config")
+    q.add_argument("config", type=Path, help="TOML config (see README: Active learning)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    q.set_defaults(func=cmd_active_run)
+    q = asub.add_parser("benchmark", help="oracle queries each strategy needs to reach a test force RMSE (EMT Cu)")
+    q.add_argument("--out", type=Path, default=Path("active_benchmark"), help="output directory (resumable)")
+    q.add_argument("--seeds", type=int, default=3)
+    q.add_argument("--strategies", default="random,max-variance,d-optimal,adversarial",
+                   help="comma-separated strategies")
+    q.add_argument("--threshold", type=float, default=None, help="test force RMSE to reach, eV/Å")
+    q.add_argument("--max-labels", type=int, default=None, help="label budget per run")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=cmd_active_benchmark)
+
+
+def cmd_active_run(args) -> int:
+    from .active import run
+
+    report = run(args.config, bars=not args.no_progress)
+    audit = report["oracle"]
+    print(f"stopped: {report['stopped']}")
+    print(f"labels: {report['labels']} ({report['failed']} configurations failed), oracle calls: "
+          f"{audit['calls_started']} started, repeated labels: {len(audit['repeated'])}")
+    if "final_model" in report:
+        print(f"final model: {report['final_model']} (test force RMSE {report['final_force_rmse']:.4f} eV/Å)")
+    print(f"report: {Path(report['directory']) / 'report.md'}")
+    return 0
+
+
+def cmd_active_benchmark(args) -> int:
+    from .active.benchmark import run_benchmark
+
+    kwargs = {k: v for k, v in (("threshold", args.threshold), ("max_labels", args.max_labels)) if v is not None}
+    result = run_benchmark(args.out, seeds=args.seeds, strategies=[s for s in args.strategies.split(",") if s],
+                           bars=not args.no_progress, **kwargs)
+    print(result["markdown"])
+    print(f"wrote {args.out / 'benchmark.json'}, {args.out / 'benchmark.md'}, {args.out / 'learning_curves.png'}")
+    return 0
+
+
+def _add_qmml(sub) -> None:
+    p = sub.add_parser("qmml", help="QM/ML hybrid tools")
+    qsub = p.add_subparsers(dest="qmml_command", required=True)
+    q = qsub.add_parser("check", help="interface quality of a switched hybrid: switch smoothness, force mismatch, "
+                        "energy continuity across the boundaries, NVE drift (JSON + Markdown + PNG)")
+    q.add_argument("--hybrid", type=Path, help="hybrid.toml (overrides --high/--low/--centre-atom/--r-*/--shape)")
+    q.add_argument("--high", default="mlip", help="high level: emt, mlip (shipped model), mlip:PATH")
+    q.add_argument("--low", default="emt", help="low level (same forms as --high)")
+    q.add_argument("--centre-atom", type=int, default=0, help="index of the atom the region follows")
+    q.add_argument("--r-inner", type=float, default=2.5, help="Å; s = 1 inside")
+    q.add_argument("--r-outer", type=float, default=4.5, help="Å; s = 0 beyond")
+    q.add_argument("--shape", default="smootherstep", help="smootherstep, c3, cosine or cosine-c1")
+    q.add_argument("--structure", type=Path, help="structure file (default: fcc Cu cubic supercell)")
+    q.add_argument("--supercell", type=int, default=3, help="fcc Cu cubic cell repeats when no --structure")
+    q.add_argument("--vacancy", action="store_true", help="remove the last atom of the default supercell")
+    q.add_argument("--rattle", type=float, default=0.05, help="Å of random displacement of the default supercell")
+    q.add_argument("--steps", type=int, default=200, help="NVE steps per run")
+    q.add_argument("--timestep", type=float, default=1.0, help="fs")
+    q.add_argument("--temperature", type=float, default=600.0, help="K (initial velocities)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("-o", "--output", type=Path, default=Path("qmml_report"), help="output directory")
+    q.set_defaults(func=cmd_qmml_check)
+
+
+def cmd_qmml_check(args) -> int:
+    from .qmml import HybridModel
+    from .qmml.check import run_check
+
+    if args.hybrid is not None:
+        from .qmml.config import load_hybrid_config
+
+        model, _ = load_hybrid_config(args.hybrid)
+    else:
+        model = HybridModel(args.high, args.low, args.centre_atom, (args.r_inner, args.r_outer), shape=args.shape,
+                            energy_shift="auto")
+    if args.structure is not None:
+        from ase.io import read
+
+        atoms = read(args.structure)
+    else:
+        from ase.build import bulk
+
+        atoms = bulk("Cu", "fcc", a=3.615, cubic=True).repeat(args.supercell)
+        if args.vacancy:
+            del atoms[-1]
+        atoms.rattle(args.rattle, seed=args.seed)
+    report = run_check(model, atoms, args.output, steps=args.steps, timestep=args.timestep,
+                       temperature=args.temperature, seed=args.seed,
+                       progress=lambda text: print(f"qmml check: {text}", file=sys.stderr, flush=True))
+    print((args.output / "report.md").read_text())
+    print(f"wrote {args.output / 'report.json'}, {args.output / 'report.md'}, {args.output / 'drag.png'}")
+    return 0 if report["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlip-md", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
@@ -468,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ipi(sub)
     _add_lammps(sub)
     _add_validate(sub)
+    _add_qmml(sub)
+    _add_active(sub)
 
     p = sub.add_parser("check", help="conformance check of a model file (exit 1 on failure)")
     p.add_argument("model", nargs="?", default=None, help="model file (default: shipped model)")
@@ -488,7 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="stem of the report files (default: OUTPUT without suffix)")
     p.add_argument("--distribution", choices=["auto", "gaussian", "student-t"], default="auto",
                    help="predictive distribution of the residual / sigma: auto (default) keeps the more likely of a "
-                   "Gaussian and, for ensembles, a Student t with K - 1 dof")
+                   "Gaussian and, for ensembles, a Student t with K - 1 dof (energies also one with fitted dof)")
+    p.add_argument("--no-floor", action="store_true",
+                   help="energies: alpha alone (default: alpha sigma^2 + floor N when its AIC is lower)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("domain", help="applicability-domain analyses (JSON + Markdown + PNG)")
@@ -512,10 +622,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_domain)
 
+    p = sub.add_parser("compile", help="compile a model file into an AOTInductor package (.pt2) for faster MD")
+    p.add_argument("model", nargs="?", default=None, help="TorchScript model file (default: shipped model)")
+    p.add_argument("-o", "--output", type=Path, help="package to write (default: MODEL with suffix .pt2)")
+    p.add_argument("--dtype", choices=["float32", "float64"], help="precision of the compiled graphs (default: the model's)")
+    p.add_argument("--graphs", default="energy,monitors",
+                   help="graphs to compile: energy (energies, forces, virial), monitors (+ sigma, T^2, d_min, contacts)")
+    p.add_argument("--no-check", action="store_true", help="skip comparing the package with the .pt on a test cell")
+    p.set_defaults(func=cmd_compile)
+
     p = sub.add_parser("info", help="print a model file's metadata")
     p.add_argument("model", nargs="?", default=None)
     p.set_defaults(func=cmd_info)
     return parser
+
+
+def cmd_compile(args) -> int:
+    import time
+
+    from .model.compile import check_compiled, compile_model
+
+    graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip())
+    start = time.perf_counter()
+    path = compile_model(args.model, args.output, dtype=args.dtype, graphs=graphs, verbose=True)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.0f} s")
+    if not args.no_check:
+        for line in check_compiled(path):
+            print(line)
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
