@@ -416,3 +416,46 @@ def ipi_decode_forceready(const unsigned char[::1] b not None, max_atoms):
                                   errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
         raise _ipi_error(errbuf)
     return energy, forces, vir, bytes(b[xoff:xoff + nx])
+
+
+# ============================================================================
+# Switching functions (section 4 of mlip_md.h)
+# ============================================================================
+cdef extern from "mlip_md.h" nogil:
+    enum:
+        MLIP_SWITCH_N_SHAPES
+    int mlip_switch_continuity(int shape)
+    int mlip_switch_evaluate(int shape, double r_inner, double r_outer, const double *r,
+                             int64_t n, double *s, double *ds, double *d2s,
+                             char *errbuf, size_t errbuf_len)
+
+
+SWITCH_N_SHAPES = MLIP_SWITCH_N_SHAPES
+
+
+def switch_continuity(int shape):
+    """Raw ``mlip_switch_continuity``: the order k of a C^k shape, -1 if unknown."""
+    return mlip_switch_continuity(shape)
+
+
+def switch_evaluate(int shape, double r_inner, double r_outer, r):
+    """Raw ``mlip_switch_evaluate``: ``(s, ds/dr, d2s/dr2)``, float64 arrays shaped like ``r``."""
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] x = np.ascontiguousarray(
+        np.asarray(r, dtype=np.float64).reshape(-1))
+    cdef int64_t n = x.shape[0]
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] s = np.empty(n, np.float64)
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] ds = np.empty(n, np.float64)
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] d2s = np.empty(n, np.float64)
+    cdef const double *xp = <const double *>x.data if n > 0 else NULL
+    cdef double *sp = <double *>s.data if n > 0 else NULL
+    cdef double *dp = <double *>ds.data if n > 0 else NULL
+    cdef double *d2p = <double *>d2s.data if n > 0 else NULL
+    cdef int status
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    with nogil:
+        status = mlip_switch_evaluate(shape, r_inner, r_outer, xp, n, sp, dp, d2p,
+                                      errbuf, MLIP_ERRBUF_LEN)
+    if status != MLIP_OK:
+        raise ValueError(errbuf.decode("utf-8", "replace"))
+    shape_r = np.shape(r)
+    return s.reshape(shape_r), ds.reshape(shape_r), d2s.reshape(shape_r)

@@ -21,7 +21,7 @@
  *   1. Common: export macro, status codes, memory
  *   2. Neighbour lists
  *   3. i-PI wire codec (socket messages; atomic units <-> eV, Angstrom)
- *   4. Switching / cutoff functions (reserved, not yet implemented)
+ *   4. Switching functions (QM/ML hybrid)
  */
 #ifndef MLIP_MD_H
 #define MLIP_MD_H
@@ -376,10 +376,46 @@ MLIP_API int mlip_ipi_decode_forceready(const char *buf, size_t len, int32_t max
                                         char *errbuf, size_t errbuf_len);
 
 /* ========================================================================= */
-/* 4. Switching / cutoff functions (reserved)                                */
+/* 4. Switching functions                                                    */
 /* ========================================================================= */
-/* To be added: smooth cutoff / switching functions and their derivatives.
- * Functions prefixed mlip_switch_. */
+/*
+ * Radial switching functions s(r) for QM/ML hybrids (mlip_md.qmml):
+ *
+ *   s(r) = 1                 for r <= r_inner
+ *        = 1 - p(x)          for r_inner < r < r_outer,  x = (r - r_inner) / (r_outer - r_inner)
+ *        = 0                 for r >= r_outer
+ *
+ * p rises from p(0) = 0 to p(1) = 1; its first k derivatives vanish at both
+ * ends, so s is C^k on the whole line (k from mlip_switch_continuity).
+ * Lengths in Angstrom (any unit shared by r and the radii); derivatives are
+ * d/dr (1/Angstrom, 1/Angstrom^2).
+ */
+
+/* Shapes (values of the `shape` arguments). */
+typedef enum mlip_switch_shape {
+    MLIP_SWITCH_SMOOTHERSTEP = 0, /* p = 10x^3 - 15x^4 + 6x^5           C^2 */
+    MLIP_SWITCH_C3 = 1,           /* p = 35x^4 - 84x^5 + 70x^6 - 20x^7  C^3 */
+    MLIP_SWITCH_COSINE = 2,       /* p = x - sin(2 pi x) / (2 pi)        C^2 */
+    MLIP_SWITCH_COSINE_C1 = 3     /* p = (1 - cos(pi x)) / 2  only C^1 (s'' jumps) */
+} mlip_switch_shape;
+#define MLIP_SWITCH_N_SHAPES 4
+
+/* Continuity order k of a shape (s is C^k), or -1 for an unknown shape. */
+MLIP_API int mlip_switch_continuity(int shape);
+
+/* Evaluate s, ds/dr and d2s/dr2 at n distances.
+ *
+ *   shape            a mlip_switch_shape
+ *   r_inner, r_outer 0 <= r_inner < r_outer, finite
+ *   r                [n] distances (finite; may be NULL when n == 0)
+ *   s                [n] output (may be NULL when n == 0)
+ *   ds, d2s          [n] outputs, each may be NULL (not computed)
+ *
+ * Returns MLIP_OK or MLIP_ERR_INVALID_ARGUMENT (unknown shape, bad radii,
+ * non-finite distance, NULL arrays). No allocation, thread-safe. */
+MLIP_API int mlip_switch_evaluate(int shape, double r_inner, double r_outer, const double *r,
+                                  int64_t n, double *s, double *ds, double *d2s, char *errbuf,
+                                  size_t errbuf_len);
 
 #ifdef __cplusplus
 } /* extern "C" */
