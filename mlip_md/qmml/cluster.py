@@ -48,18 +48,22 @@ def carve(positions, cell, pbc, centre, radius: float) -> Cluster:
         return Cluster(keep.astype(np.int64), rel[keep], dist[keep], centre)
     h = completed_cell(cell, pbc)
     frac = np.linalg.solve(h.T, rel.T).T
-    frac[:, pbc] -= np.round(frac[:, pbc])
-    base = frac @ h
+    frac[:, pbc] -= np.round(frac[:, pbc])  # now in [-1/2, 1/2] along periodic directions
     widths = 1.0 / np.linalg.norm(np.linalg.inv(h), axis=0)  # distance between opposite faces
-    ranges = [range(-(int(np.ceil(radius / w)) + 1), int(np.ceil(radius / w)) + 2) if p else range(1)
-              for w, p in zip(widths, pbc)]
+    reach = radius / widths  # |f_k + S_k| < reach_k is necessary for |vector| < radius
+    ranges = [range(-int(np.ceil(r + 0.5)), int(np.ceil(r + 0.5)) + 1) if p else range(1)
+              for r, p in zip(reach, pbc)]
     sources, vectors = [], []
+    r2 = radius * radius
     for shift in itertools.product(*ranges):
-        vec = base + np.asarray(shift, dtype=np.float64) @ h
-        dist2 = (vec ** 2).sum(axis=1)
-        keep = np.flatnonzero(dist2 < radius * radius)
-        if keep.size:
-            sources.append(keep)
+        shifted = frac + np.asarray(shift, dtype=np.float64)
+        candidates = np.flatnonzero((np.abs(shifted) < reach).all(axis=1))
+        if candidates.size == 0:
+            continue
+        vec = shifted[candidates] @ h
+        keep = (vec ** 2).sum(axis=1) < r2
+        if keep.any():
+            sources.append(candidates[keep])
             vectors.append(vec[keep])
     if not sources:
         return Cluster(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(0), centre)
