@@ -479,9 +479,13 @@ def cmd_active_run(args) -> int:
     print(f"stopped: {report['stopped']}")
     print(f"labels: {report['labels']} ({report['failed']} configurations failed), oracle calls: "
           f"{audit['calls_started']} started, repeated labels: {len(audit['repeated'])}")
+    def shown(path) -> str:
+        path = Path(path)
+        return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
     if "final_model" in report:
-        print(f"final model: {report['final_model']} (test force RMSE {report['final_force_rmse']:.4f} eV/Å)")
-    print(f"report: {Path(report['directory']) / 'report.md'}")
+        print(f"final model: {shown(report['final_model'])} (test force RMSE {report['final_force_rmse']:.4f} eV/Å)")
+    print(f"report: {shown(Path(report['directory']) / 'report.md')}")
     return 0
 
 

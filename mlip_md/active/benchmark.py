@@ -22,8 +22,8 @@ from .report import plot_curves
 from .systems import start_structures
 from .testset import oracle_md_snapshots
 
-DEFAULT_THRESHOLD = 0.12  # eV/Å
-DEFAULT_MAX_LABELS = 60
+DEFAULT_THRESHOLD = 0.1  # eV/Å
+DEFAULT_MAX_LABELS = 48
 TEST_TEMPERATURES = (300.0, 700.0, 1100.0, 1500.0)
 
 
@@ -52,8 +52,8 @@ def run_config(out: Path, strategy: str, seed: int, threshold: float, max_labels
         run=RunSection(directory=f"runs/{strategy}_s{seed}", seed=seed),
         system=benchmark_system(),
         initial=InitialSection(n=4, rattle=0.05, strain=0.01),
-        model=ModelSection(hidden=[16, 16], ensemble_size=3),
-        train=TrainSection(epochs=30, patience=10, batch_size=8),
+        model=ModelSection(n_max=6, l_max=3, hidden=[32, 32], ensemble_size=3),
+        train=TrainSection(epochs=40, patience=10, batch_size=8),
         explore=ExploreSection(timestep_fs=3.0, sample_every=5,
                                schedule=[Stage(300.0, 15), Stage(800.0, 15), Stage(1500.0, 15)]),
         query=QuerySection(strategy=strategy, batch_size=4),

@@ -108,8 +108,8 @@ class QuerySection:
     dedupe_distance: float = 0.02  # fingerprint RMS distance (standardised descriptor units)
     variance: str = "force"  # max-variance: "force" or "energy"
     adversarial_temperature_K: float = 1500.0  # Boltzmann penalty exp(-E / kT) of the attack
-    adversarial_steps: int = 15
-    adversarial_step_size: float = 0.03  # Å, largest atom displacement per ascent step
+    adversarial_steps: int = 10
+    adversarial_step_size: float = 0.02  # Å, largest atom displacement per ascent step
 
 
 @dataclasses.dataclass

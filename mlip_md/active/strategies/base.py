@@ -34,8 +34,8 @@ class SelectionContext:
     objective: Optional[Callable] = None
     variance: str = "force"
     adversarial_temperature_K: float = 1500.0
-    adversarial_steps: int = 15
-    adversarial_step_size: float = 0.03
+    adversarial_steps: int = 10
+    adversarial_step_size: float = 0.02
 
 
 def fingerprint(features: np.ndarray) -> np.ndarray:
