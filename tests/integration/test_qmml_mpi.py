@@ -56,7 +56,7 @@ def crystal():
     return atoms
 
 
-@pytest.mark.parametrize("ranks,high_ranks", [(2, 1), (3, 1)])
+@pytest.mark.parametrize("ranks,high_ranks", [(2, 1), (4, 2)])
 def test_mpi_split_equals_serial(tmp_path, ranks, high_ranks):
     crystal().write(tmp_path / "in.extxyz")
     atoms = read(tmp_path / "in.extxyz")  # what the ranks see (extxyz rounds positions)

@@ -222,16 +222,19 @@ def test_energy_continuous_across_both_boundaries():
 
 
 def test_nve_with_atoms_crossing_the_shell_conserves_energy_like_the_pure_models():
-    # boundaries on the 1st and 3rd neighbour shells: vibrating atoms cross both all the time
+    """Boundaries on the 1st and 3rd neighbour shells, so vibrating atoms cross both all the time;
+    no energy shift, so the levels' zeros differ by 3.5 eV/atom and the switching terms
+    Delta_i s' carry forces of several eV/Å: dropping them (tried) breaks conservation 40x over
+    (max |E - E0| 3.8 meV/atom against 0.06)."""
     atoms = cu(rattle=0.02)
-    model = HybridModel("emt", "mlip", AtomCentre(5), (2.556, 4.427), energy_shift="auto")
+    model = HybridModel("emt", "mlip", AtomCentre(5), (2.556, 4.427))
     runs = nve_comparison(model, atoms, steps=30, timestep=2.0, temperature=900.0, seed=1)
     hybrid = runs["hybrid"]
     assert hybrid["crossings"]["r_inner"] > 0 and hybrid["crossings"]["r_outer"] > 0
     pure = max(runs["high"]["max_deviation_meV_per_atom"], runs["low"]["max_deviation_meV_per_atom"])
-    assert hybrid["max_deviation_meV_per_atom"] < 2.0 * pure + 0.01, runs
-    assert abs(hybrid["drift_meV_per_atom_ps"]) < 2.0 * max(abs(runs["high"]["drift_meV_per_atom_ps"]),
-                                                            abs(runs["low"]["drift_meV_per_atom_ps"])) + 0.5, runs
+    assert hybrid["max_deviation_meV_per_atom"] < 1.5 * pure + 0.01, runs
+    pure_drift = max(abs(runs["high"]["drift_meV_per_atom_ps"]), abs(runs["low"]["drift_meV_per_atom_ps"]))
+    assert abs(hybrid["drift_meV_per_atom_ps"]) < 1.5 * pure_drift + 0.2, runs
 
 
 def test_setup_errors_name_the_fix():
