@@ -29,3 +29,7 @@ class ProtocolError(ValueError):
 
 class ServerGoneError(ConnectionError):
     """The i-PI server closed the connection or could not be reached."""
+
+
+class HybridSetupError(CalculatorSetupError, ValueError):
+    """A QM/ML hybrid (mlip_md.qmml) is set up inconsistently: radii, region, levels, cluster."""

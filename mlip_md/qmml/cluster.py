@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..errors import HybridSetupError
 from .region import completed_cell
 
 
@@ -40,7 +41,7 @@ def carve(positions, cell, pbc, centre, radius: float) -> Cluster:
     centre = np.asarray(centre, dtype=np.float64).reshape(3)
     radius = float(radius)
     if not (np.isfinite(radius) and radius > 0):
-        raise ValueError(f"cluster radius must be a positive number of Å, got {radius}")
+        raise HybridSetupError(f"cluster radius must be a positive number of Å, got {radius}")
     rel = positions - centre
     if not pbc.any():
         dist = np.sqrt((rel ** 2).sum(axis=1))

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import ase.data
 import numpy as np
 
-from ..errors import UnknownElementError
+from ..errors import HybridSetupError, UnknownElementError
 from .hybrid import HybridModel
 from .region import AtomCentre, FixedPoint, GroupCentroid, Region
 
@@ -35,7 +35,7 @@ KNOWN_KEYS = {"high", "low", "device", "energy_shift", "region", "switch", "mpi"
 def _region(table: dict) -> Region:
     given = [k for k in ("atom", "point", "group") if k in table]
     if len(given) != 1:
-        raise ValueError(f"[region] needs exactly one of atom = INDEX, point = [x, y, z] or group = [i, j, ...], "
+        raise HybridSetupError(f"[region] needs exactly one of atom = INDEX, point = [x, y, z] or group = [i, j, ...], "
                          f"got {sorted(table)}")
     kind = given[0]
     return {"atom": AtomCentre, "point": FixedPoint, "group": GroupCentroid}[kind](table[kind])
@@ -49,16 +49,16 @@ def load_hybrid_config(path) -> Tuple[HybridModel, dict]:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path} is not valid TOML ({exc})") from None
+        raise HybridSetupError(f"{path} is not valid TOML ({exc})") from None
     unknown = set(data) - KNOWN_KEYS
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(KNOWN_KEYS)}")
+        raise HybridSetupError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(KNOWN_KEYS)}")
     for key in ("high", "low", "region", "switch"):
         if key not in data:
-            raise ValueError(f"{path}: missing {key!r} (see mlip_md/qmml/config.py for an example)")
+            raise HybridSetupError(f"{path}: missing {key!r} (see mlip_md/qmml/config.py for an example)")
     sw = dict(data["switch"])
     if "r_inner" not in sw or "r_outer" not in sw:
-        raise ValueError(f"{path}: [switch] needs r_inner and r_outer (Å)")
+        raise HybridSetupError(f"{path}: [switch] needs r_inner and r_outer (Å)")
     shift = data.get("energy_shift")
     if isinstance(shift, dict):
         shift = {int(ase.data.atomic_numbers[k]) if not str(k).isdigit() else int(k): float(v) for k, v in shift.items()}

@@ -34,9 +34,10 @@ from typing import Dict, Optional, Sequence, Union
 
 import ase
 import numpy as np
-from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
+from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from ..errors import HybridSetupError
 from .cluster import Cluster, carve
 from .levels import Level, LevelResult, as_level
 from .region import Region, region_from_spec
@@ -94,11 +95,11 @@ class HybridModel:
         self.switch = switch if isinstance(switch, Switch) else Switch(*switch, shape=shape)
         self.buffer = self.high.cutoff if buffer is None else float(buffer)
         if self.buffer < self.high.cutoff:
-            raise CalculatorSetupError(
+            raise HybridSetupError(
                 f"buffer {self.buffer} Å is smaller than the high level's cutoff {self.high.cutoff} Å: atoms near r_outer "
                 "would miss neighbours in the cluster and their high-level energies would be wrong; use buffer >= cutoff")
         if energy_shift is not None and energy_shift != "auto" and not isinstance(energy_shift, dict):
-            raise ValueError(f"energy_shift must be None, 'auto' or {{Z: eV}}, got {energy_shift!r}")
+            raise HybridSetupError(f"energy_shift must be None, 'auto' or {{Z: eV}}, got {energy_shift!r}")
         self.auto_shift = energy_shift == "auto"
         self.energy_shift: Dict[int, float] = {} if energy_shift in (None, "auto") else {
             int(k) if str(k).isdigit() else ase.data.atomic_numbers[str(k)]: float(v) for k, v in energy_shift.items()}
@@ -117,7 +118,7 @@ class HybridModel:
         sources = cluster.source[inner]
         if len(np.unique(sources)) != len(sources):
             values, counts = np.unique(sources, return_counts=True)
-            raise CalculatorSetupError(
+            raise HybridSetupError(
                 f"atom {int(values[counts > 1][0])} has two periodic images within r_outer = {self.switch.r_outer} Å of "
                 "the region centre: r_outer must stay below half the smallest cell width; use a larger supercell "
                 "or a smaller r_outer")
@@ -227,7 +228,7 @@ class HybridCalculator(Calculator):
         super().__init__(**calc_kwargs)
         if model is None:
             if high is None or low is None or region is None or switch is None:
-                raise CalculatorSetupError("HybridCalculator needs high, low, region and switch (or model=HybridModel)")
+                raise HybridSetupError("HybridCalculator needs high, low, region and switch (or model=HybridModel)")
             model = HybridModel(high, low, region, switch, **kwargs)
         self.model = model
         self.parallel = None

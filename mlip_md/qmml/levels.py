@@ -36,7 +36,7 @@ import ase
 import numpy as np
 import torch
 
-from ..errors import InvalidStructureError
+from ..errors import HybridSetupError, InvalidStructureError
 from ..neighbors import neighbor_list
 
 
@@ -70,7 +70,7 @@ class Level:
         centres = np.asarray(centres, dtype=np.int64)
         weights = np.asarray(weights, dtype=np.float64)
         if centres.shape != weights.shape or (centres.size and np.any(np.diff(centres) <= 0)):
-            raise ValueError("centres must be a sorted array of distinct atom indices, one weight each")
+            raise HybridSetupError("centres must be a sorted array of distinct atom indices, one weight each")
         n = len(numbers)
         if centres.size == 0:
             return LevelResult(np.zeros(0), np.zeros((n, 3)), np.zeros((3, 3)))
@@ -231,7 +231,7 @@ def as_level(spec: Union[str, Path, Level, object, None], device: str = "cpu") -
         return EAMLevel(str(spec.files[0]))
     if isinstance(spec, EMT):
         if spec.parameters.get("asap_cutoff"):
-            raise ValueError("EMT(asap_cutoff=True) is not supported as a hybrid level; use EMT()")
+            raise HybridSetupError("EMT(asap_cutoff=True) is not supported as a hybrid level; use EMT()")
         return EMTLevel()
     if spec is None:
         return MLIPLevel(None, device=device)
@@ -247,12 +247,10 @@ def as_level(spec: Union[str, Path, Level, object, None], device: str = "cpu") -
             return EAMLevel(text.split(":", 2)[2])
         if text.endswith(".pt"):
             return MLIPLevel(text, device=device)
-        raise ValueError(f"unknown hybrid level {text!r}: use 'emt', 'mlip' (shipped model), 'mlip:PATH', a .pt "
+        raise HybridSetupError(f"unknown hybrid level {text!r}: use 'emt', 'mlip' (shipped model), 'mlip:PATH', a .pt "
                          "file or 'lammps:eam/alloy:FILE'; other engines (tblite, pyscf, other LAMMPS styles) go "
                          "through ONIOMCalculator")
-    from ase.calculators.calculator import CalculatorSetupError
-
-    raise CalculatorSetupError(
+    raise HybridSetupError(
         f"{type(spec).__name__} cannot be a level of the smooth hybrid: the switching needs the exact gradient of "
         "sum_i s_i E_i, which needs per-edge energy gradients (mlip_md models and EMT provide them; a generic "
         "calculator's forces do not). Use mlip_md.qmml.ONIOMCalculator with a fixed region for this engine")

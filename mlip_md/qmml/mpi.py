@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import HybridSetupError
 from .hybrid import HybridModel, HybridResult
 
 _EVALUATE, _STOP = 1, 0
@@ -34,10 +35,10 @@ class HybridParallel:
     def __init__(self, model: HybridModel, comm, high_ranks: Optional[int] = None):
         size = comm.Get_size()
         if size < 2:
-            raise ValueError("HybridParallel needs at least 2 MPI ranks (one per level); use HybridModel serially")
+            raise HybridSetupError("HybridParallel needs at least 2 MPI ranks (one per level); use HybridModel serially")
         n_high = max(1, size // 2) if high_ranks is None else int(high_ranks)
         if not 1 <= n_high <= size - 1:
-            raise ValueError(f"high_ranks must be between 1 and {size - 1} for {size} ranks (rank 0 runs the low "
+            raise HybridSetupError(f"high_ranks must be between 1 and {size - 1} for {size} ranks (rank 0 runs the low "
                              f"level), got {n_high}")
         self.model, self.comm = model, comm
         self.rank, self.size, self.n_high = comm.Get_rank(), size, n_high

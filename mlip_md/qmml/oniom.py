@@ -30,9 +30,10 @@ from typing import Sequence, Tuple
 
 import ase
 import numpy as np
-from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
+from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from ..errors import HybridSetupError
 from .region import minimum_image
 
 
@@ -55,12 +56,12 @@ class ONIOMCalculator(Calculator):
         self.high, self.low = high, low
         self.region = np.asarray(region, dtype=np.int64).reshape(-1)
         if self.region.size == 0 or len(np.unique(self.region)) != self.region.size:
-            raise CalculatorSetupError("the ONIOM region needs a non-empty list of distinct atom indices")
+            raise HybridSetupError("the ONIOM region needs a non-empty list of distinct atom indices")
         self.links = np.asarray(links, dtype=np.int64).reshape(-1, 2)
         if np.isin(self.links[:, 1], self.region).any() or not np.isin(self.links[:, 0], self.region).all():
-            raise CalculatorSetupError("each link (q, m) needs q inside the region and m outside it")
+            raise HybridSetupError("each link (q, m) needs q inside the region and m outside it")
         if not 0.0 < link_ratio < 1.0:
-            raise CalculatorSetupError(f"link_ratio must lie in (0, 1), got {link_ratio}")
+            raise HybridSetupError(f"link_ratio must lie in (0, 1), got {link_ratio}")
         self.link_number = ase.data.atomic_numbers[link_element]
         self.link_ratio = float(link_ratio)
         self.seconds = {"high": 0.0, "low": 0.0}
@@ -75,7 +76,7 @@ class ONIOMCalculator(Calculator):
     def cluster(self, atoms: ase.Atoms) -> ase.Atoms:
         """The isolated cluster: region atoms unwrapped around the first one, then link atoms."""
         if self.region.max() >= len(atoms) or (self.links.size and self.links.max() >= len(atoms)):
-            raise CalculatorSetupError(f"the ONIOM region refers to atoms beyond the structure's {len(atoms)}")
+            raise HybridSetupError(f"the ONIOM region refers to atoms beyond the structure's {len(atoms)}")
         pos = atoms.positions
         ref = pos[self.region[0]]
         inner = ref + minimum_image(pos[self.region] - ref, atoms.cell.array, atoms.pbc)

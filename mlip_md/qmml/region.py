@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import numpy as np
+from ..errors import HybridSetupError
 
 
 class Region:
@@ -41,7 +42,7 @@ class FixedPoint(Region):
     def __init__(self, point: Sequence[float]):
         p = np.asarray(point, dtype=np.float64).reshape(-1)
         if p.shape != (3,) or not np.isfinite(p).all():
-            raise ValueError(f"a fixed region centre needs 3 finite coordinates in Å, got {point!r}")
+            raise HybridSetupError(f"a fixed region centre needs 3 finite coordinates in Å, got {point!r}")
         self.point = p
 
     def centre(self, positions, cell, pbc):
@@ -62,7 +63,7 @@ class AtomCentre(Region):
 
     def check(self, n_atoms: int) -> None:
         if not -n_atoms <= self.index < n_atoms:
-            raise ValueError(f"region centre atom {self.index} does not exist in a structure of {n_atoms} atoms; "
+            raise HybridSetupError(f"region centre atom {self.index} does not exist in a structure of {n_atoms} atoms; "
                              "give an index between 0 and N - 1")
 
     def centre(self, positions, cell, pbc):
@@ -82,13 +83,13 @@ class GroupCentroid(Region):
     def __init__(self, indices: Sequence[int]):
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0 or len(np.unique(idx)) != idx.size:
-            raise ValueError(f"a group centre needs a non-empty list of distinct atom indices, got {list(indices)!r}")
+            raise HybridSetupError(f"a group centre needs a non-empty list of distinct atom indices, got {list(indices)!r}")
         self.indices = idx
 
     def check(self, n_atoms: int) -> None:
         bad = self.indices[(self.indices < 0) | (self.indices >= n_atoms)]
         if bad.size:
-            raise ValueError(f"region group atoms {bad.tolist()} do not exist in a structure of {n_atoms} atoms")
+            raise HybridSetupError(f"region group atoms {bad.tolist()} do not exist in a structure of {n_atoms} atoms")
 
     def centre(self, positions, cell, pbc):
         pos = np.asarray(positions, dtype=np.float64)[self.indices]
@@ -117,7 +118,7 @@ def region_from_spec(spec) -> Region:
             return FixedPoint(spec["point"])
         if kind == "group":
             return GroupCentroid(spec["group"])
-        raise ValueError(f"region centre must be 'atom', 'point' or 'group', got {kind!r}")
+        raise HybridSetupError(f"region centre must be 'atom', 'point' or 'group', got {kind!r}")
     return FixedPoint(spec)
 
 

@@ -17,6 +17,7 @@ from typing import Tuple
 
 import numpy as np
 
+from ..errors import HybridSetupError
 from .._native import core as _core
 
 SHAPES = {"smootherstep": 0, "c3": 1, "cosine": 2, "cosine-c1": 3}
@@ -27,10 +28,10 @@ class Switch:
 
     def __init__(self, r_inner: float, r_outer: float, shape: str = "smootherstep"):
         if shape not in SHAPES:
-            raise ValueError(f"unknown switching shape {shape!r}; choose one of {', '.join(SHAPES)}")
+            raise HybridSetupError(f"unknown switching shape {shape!r}; choose one of {', '.join(SHAPES)}")
         r_inner, r_outer = float(r_inner), float(r_outer)
         if not (np.isfinite(r_inner) and np.isfinite(r_outer) and 0.0 <= r_inner < r_outer):
-            raise ValueError(f"switching radii must satisfy 0 <= r_inner < r_outer, got r_inner = {r_inner} Å, "
+            raise HybridSetupError(f"switching radii must satisfy 0 <= r_inner < r_outer, got r_inner = {r_inner} Å, "
                              f"r_outer = {r_outer} Å; the shell r_inner..r_outer is where high and low are blended")
         self.r_inner, self.r_outer, self.shape = r_inner, r_outer, shape
         self.code = SHAPES[shape]

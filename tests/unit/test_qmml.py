@@ -345,3 +345,12 @@ def test_group_centroid_across_the_periodic_boundary():
     c, idx, coeff = GroupCentroid([0, 1]).centre(atoms.positions, atoms.cell.array, True)
     np.testing.assert_allclose(c, [0.0, a / 4, a / 4], atol=1e-12)
     assert idx.tolist() == [0, 1] and coeff.tolist() == [0.5, 0.5]
+
+
+def test_cli_reports_bad_hybrid_setup(capsys, tmp_path):
+    from mlip_md.cli import main
+    from mlip_md.errors import HybridSetupError
+
+    assert main(["qmml", "check", "--r-inner", "5", "--r-outer", "4", "-o", str(tmp_path)]) == 2
+    assert "r_inner < r_outer" in capsys.readouterr().err
+    assert issubclass(HybridSetupError, ValueError)
