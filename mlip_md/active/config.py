@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 STRATEGIES = ("random", "max-variance", "d-optimal", "adversarial")
 STRUCTURES = ("bulk", "vacancy", "surface111", "surface100")
-ENGINES = ("ase",)
+ENGINES = ("ase", "lammps")
 
 
 class ConfigError(ValueError):
@@ -166,8 +166,7 @@ class ActiveConfig:
                  f"unknown structure {s!r}; choose from {', '.join(STRUCTURES)}")
         need(len(self.system.structures) > 0, "[system] structures", "give at least one structure")
         need(self.explore.engine in ENGINES, "[explore] engine",
-             f"engine {self.explore.engine!r} is not available in the active loop; use one of {', '.join(ENGINES)} "
-             "(run i-PI or LAMMPS production MD with the exported model and its monitors instead)")
+             f"unknown engine {self.explore.engine!r}; use one of {', '.join(ENGINES)}")
         need(self.trigger.threshold in ("chi2", "empirical"), "[trigger] threshold", "use 'chi2' or 'empirical'")
         need(0.0 < self.trigger.mahalanobis_quantile < 1.0, "[trigger] mahalanobis_quantile", "must be in (0, 1)")
         need(self.query.variance in ("force", "energy"), "[query] variance", "use 'force' or 'energy'")

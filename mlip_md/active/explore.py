@@ -9,13 +9,16 @@ and forces (eV/Å). A frame beyond any threshold is a candidate. A trajectory th
 of the domain (T^2 beyond ``abort_ratio`` x threshold, atoms much closer than in training, or
 an invalid structure) is cut there and restarts from its ideal start at the next stage.
 
-Engine: ASE Langevin (NVT) with :class:`mlip_md.MLIPCalculator`; stages with a pressure use
-Berendsen NPT for the 3D-periodic bulk structures (slabs with vacuum stay NVT).
+Engines (``[explore] engine``): ``ase`` (default): ASE Langevin (NVT) with
+:class:`mlip_md.MLIPCalculator`, Berendsen NPT for bulk stages with a pressure; ``lammps``: the
+model as ``pair_style mlip`` in LAMMPS (:mod:`mlip_md.active.lammps_md`), Langevin NVT or
+Nosé-Hoover NPT. Slabs with vacuum stay NVT.
 """
 from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import ase
@@ -135,20 +138,17 @@ def explore(
     for s, stage in enumerate(ex.schedule):
         for k, (name, start) in enumerate(starts.items()):
             rng = np.random.default_rng([config.run.seed, iteration, s, k])
-            atoms = states[name]
-            if atoms is None:
-                atoms = start.copy()
-                MaxwellBoltzmannDistribution(atoms, temperature_K=stage.temperature_K, rng=rng)
-            atoms.calc = MLIPCalculator(calc_model, monitors=False, close_contact="ignore")
-            dyn = _dynamics(atoms, stage, ex, rng)
+            run, frame, close = _trajectory(states[name], start, stage, ex, rng, calc_model)
             blocks = max(1, stage.steps // ex.sample_every)
+            atoms = None
             for b in range(blocks):
                 cut = False
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", CloseContactWarning)
-                        dyn.run(ex.sample_every)
+                        run(ex.sample_every)
                     md_steps += ex.sample_every
+                    atoms = frame()
                     if not np.isfinite(atoms.positions).all():
                         raise InvalidStructureError("non-finite positions")
                     origin = f"{name} {stage.temperature_K:g}K stage {s} step {(b + 1) * ex.sample_every}"
@@ -167,8 +167,29 @@ def explore(
                     if progress is not None:
                         progress(ex.sample_every * (blocks - b - 1))
                     break
+            close()
             states[name] = atoms
     return ExploreResult(pool, n_frames, len(pool), n_restarts, md_steps)
+
+
+def _trajectory(state: Optional[ase.Atoms], start: ase.Atoms, stage, ex, rng, model: ExportedModel):
+    """(run(steps), frame() -> Atoms, close()) of one stage's trajectory, continuing from
+    ``state`` (the previous stage's last frame) or from ``start`` with fresh velocities."""
+    if ex.engine == "lammps":
+        from .lammps_md import LammpsTrajectory
+
+        if model.path is None:
+            raise ValueError("the LAMMPS exploration engine needs the model as a file")
+        traj = LammpsTrajectory(state if state is not None else start, Path(model.path), stage, ex.timestep_fs,
+                                ex.friction, seed=int(rng.integers(1, 900_000_000)))
+        return traj.run, traj.frame, traj.close
+    atoms = state
+    if atoms is None:
+        atoms = start.copy()
+        MaxwellBoltzmannDistribution(atoms, temperature_K=stage.temperature_K, rng=rng)
+    atoms.calc = MLIPCalculator(model, monitors=False, close_contact="ignore")
+    dyn = _dynamics(atoms, stage, ex, rng)
+    return dyn.run, lambda: atoms, lambda: None
 
 
 def _dynamics(atoms: ase.Atoms, stage, ex, rng):

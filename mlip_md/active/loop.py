@@ -261,7 +261,7 @@ class ActiveLoop:
                 self.log(f"iter {i:3d} | labels {entry['labels']:4d} | test F-RMSE {entry['force_rmse']:.4f} eV/Å, "
                          f"E-RMSE {entry['energy_rmse_per_atom'] * 1e3:.2f} meV/atom | "
                          + (f"triggered {ex['triggered']}/{ex['frames']} frames, selected {ex['selected']} | "
-                            if ex else "initial set | ") + f"failed {entry['failed']}")
+                            if ex else ("initial set | " if i == 0 else "")) + f"failed {entry['failed']}")
             if state["step"] == "next":
                 reason = self.stop_reason(state)
                 if reason:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 import ase.db
+import numpy as np
+import pytest
 
 CONFIG = """
 [run]
@@ -116,3 +118,46 @@ def test_invalid_config_names_the_key(tmp_path):
     cfg.write_text(CONFIG.replace("STRATEGY", "max-variance").replace("batch_size = 2", "batch_sise = 2"))
     p = run_cli(cfg)
     assert p.returncode == 2 and "unknown key 'batch_sise' in [query]" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    import shutil
+
+    from mlip_md.engines.lammps import _find_compiler, plugin_path
+
+    if shutil.which("cmake") is None or _find_compiler() is None:
+        pytest.skip("building the LAMMPS plugin needs cmake and a C++ compiler")
+    return plugin_path(build=True)
+
+
+def test_lammps_exploration_engine(plugin, trained_model_path, tmp_path):
+    """Exploration MD in LAMMPS (pair_style mlip): LAMMPS' energy of each frame equals the
+    Python model's, and explore() turns the frames into scored candidates."""
+    from mlip_md.active.config import Stage, config_from_dict
+    from mlip_md.active.explore import explore
+    from mlip_md.active.lammps_md import LammpsTrajectory
+    from mlip_md.active.systems import start_structures
+    from mlip_md.model.io import load_model
+    from mlip_md.predictor import Predictor
+
+    cfg = config_from_dict({"system": {"structures": ["surface111", "vacancy"], "slab_size": [2, 2, 3]},
+                            "explore": {"engine": "lammps", "sample_every": 4, "schedule": [
+                                {"temperature_K": 600, "steps": 8},
+                                {"temperature_K": 1200, "steps": 8, "pressure_GPa": 1.0}]}}, base_dir=tmp_path)
+    starts = start_structures(cfg.system)
+    predictor = Predictor(load_model(trained_model_path))
+    traj = LammpsTrajectory(starts["surface111"], trained_model_path, Stage(900.0, 10), 2.0, 0.02, seed=5)
+    for _ in range(2):
+        traj.run(5)
+        frame = traj.frame()
+        assert abs(traj.potential_energy() - predictor.predict_atoms(frame).energy) < 1e-6
+    moved = np.linalg.norm(frame.positions - frame.positions.mean(0), axis=1)
+    assert np.isfinite(moved).all() and len(frame) == len(starts["surface111"])
+    traj.close()
+
+    starts.pop("surface111")  # the NPT stage applies to the bulk vacancy cell
+    result = explore(load_model(trained_model_path), starts, cfg, iteration=1)
+    assert result.md_steps >= 4 and result.n_frames >= 1
+    for c in result.pool:
+        assert c.features.shape[0] == len(c.atoms) and np.isfinite(c.t2).all() and c.t2_ratio > 1.0

@@ -52,7 +52,7 @@ def test_config_names_the_bad_key(tmp_path):
     with pytest.raises(ConfigError, match=r"\[explore\] schedule\[0\] temprature_K|unknown key 'temprature_K'"):
         config_from_dict({"explore": {"schedule": [{"temprature_K": 300, "steps": 5}]}})
     with pytest.raises(ConfigError, match=r"\[explore\] engine"):
-        config_from_dict({"explore": {"engine": "lammps"}})
+        config_from_dict({"explore": {"engine": "gromacs"}})
     path.write_text("[query\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
