@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 STRATEGIES = ("random", "max-variance", "d-optimal", "adversarial")
 STRUCTURES = ("bulk", "vacancy", "surface111", "surface100")
-ENGINES = ("ase", "lammps")
+ENGINES = ("ase", "lammps", "ipi")
 
 
 class ConfigError(ValueError):
@@ -167,6 +167,8 @@ class ActiveConfig:
         need(len(self.system.structures) > 0, "[system] structures", "give at least one structure")
         need(self.explore.engine in ENGINES, "[explore] engine",
              f"unknown engine {self.explore.engine!r}; use one of {', '.join(ENGINES)}")
+        need(self.explore.engine != "ipi" or all(st.pressure_GPa is None for st in self.explore.schedule),
+             "[explore] schedule", "the i-PI engine runs NVT: remove pressure_GPa or use engine 'ase' or 'lammps'")
         need(self.trigger.threshold in ("chi2", "empirical"), "[trigger] threshold", "use 'chi2' or 'empirical'")
         need(0.0 < self.trigger.mahalanobis_quantile < 1.0, "[trigger] mahalanobis_quantile", "must be in (0, 1)")
         need(self.query.variance in ("force", "energy"), "[query] variance", "use 'force' or 'energy'")

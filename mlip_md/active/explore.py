@@ -12,7 +12,8 @@ an invalid structure) is cut there and restarts from its ideal start at the next
 Engines (``[explore] engine``): ``ase`` (default): ASE Langevin (NVT) with
 :class:`mlip_md.MLIPCalculator`, Berendsen NPT for bulk stages with a pressure; ``lammps``: the
 model as ``pair_style mlip`` in LAMMPS (:mod:`mlip_md.active.lammps_md`), Langevin NVT or
-Nosé-Hoover NPT. Slabs with vacuum stay NVT.
+Nosé-Hoover NPT; ``ipi``: a real i-PI server (Langevin NVT) driven by mlip_md's socket driver
+(:mod:`mlip_md.active.ipi_md`). Slabs with vacuum stay NVT.
 """
 from __future__ import annotations
 
@@ -183,6 +184,13 @@ def _trajectory(state: Optional[ase.Atoms], start: ase.Atoms, stage, ex, rng, mo
         traj = LammpsTrajectory(state if state is not None else start, Path(model.path), stage, ex.timestep_fs,
                                 ex.friction, seed=int(rng.integers(1, 900_000_000)))
         return traj.run, traj.frame, traj.close
+    if ex.engine == "ipi":
+        from ..predictor import Predictor
+        from .ipi_md import IPITrajectory
+
+        traj = IPITrajectory(state if state is not None else start, Predictor(model), stage, ex.timestep_fs,
+                             ex.sample_every, seed=int(rng.integers(1, 900_000_000)))
+        return traj.run, traj.frame, lambda: None
     atoms = state
     if atoms is None:
         atoms = start.copy()
