@@ -1,9 +1,11 @@
 """Model evaluation throughput: atom-steps/s of energy + forces (+ virial) for the shipped
-model (or --model), float32 and float64, eager PyTorch vs the exported TorchScript module,
+model (or --model), float32 and float64, eager PyTorch vs the exported TorchScript module vs
+the compiled AOTInductor packages (`mlip-md compile`, given with --compiled64 / --compiled32),
 side by side in one run. The neighbour list is built once per size and not timed (it is
 benchmarked in benchmarks/neighbors.py); the model call and force/virial assembly are.
 
-    python benchmarks/model_throughput.py [--model m.pt] [--sizes 500 4000 32000] [--output table.md]
+    python benchmarks/model_throughput.py [--model m.pt] [--sizes 500 4000 32000] [--output table.md] \
+        [--compiled64 m.pt2] [--compiled32 m32.pt2]
 
 Set GLIBC_TUNABLES (see BENCHMARKS.md) and OMP_NUM_THREADS to control the environment.
 """
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 4000, 32000])
     parser.add_argument("--output")
+    parser.add_argument("--compiled64", help="package of --model compiled in float64 (mlip-md compile)")
+    parser.add_argument("--compiled32", help="package of --model compiled in float32 (mlip-md compile --dtype float32)")
     args = parser.parse_args()
 
     source = load_model(args.model)
@@ -58,6 +62,9 @@ def main() -> None:
         save_model(load_potential(source.path), tmp, dtype=dtype_name)
         variants[("torchscript", dtype_name)] = (load_model(tmp).module, dtype)
         os.unlink(tmp)
+        package = args.compiled64 if dtype is torch.float64 else args.compiled32
+        if package:
+            variants[("compiled", dtype_name)] = (load_model(package), dtype)
 
     rows = []
     for n_target in args.sizes:
@@ -70,6 +77,9 @@ def main() -> None:
             vectors = torch.from_numpy(nl.vectors).to(dtype)
 
             def step():
+                if kind == "compiled":  # forces and virial come assembled from the graph
+                    module(species, edge_index, vectors, n, monitors=False)
+                    return
                 out = module.evaluate(species, edge_index, vectors, n, False, False)
                 forces_from_edge_grad(out["edge_grad"], edge_index, n)
                 virial_from_edge_grad(out["edge_grad"], vectors)
@@ -79,19 +89,24 @@ def main() -> None:
             print(f"N={n:>6} {kind:<11} {dtype_name}: {seconds * 1e3:9.2f} ms  {n / seconds / 1e3:8.1f} katom-steps/s", flush=True)
 
     threads = torch.get_num_threads()
+    kinds = [k for k in ("eager", "torchscript", "compiled") if any(r[1] == k for r in rows)]
+    names = {"eager": "eager", "torchscript": "TorchScript", "compiled": "compiled"}
+    header = [f"{names[k]} {d[-2:]}" for d in ("float64", "float32") for k in kinds]
+    extra = ["compiled / TorchScript f64", "compiled / TorchScript f32"] if "compiled" in kinds else []
     lines = [
         f"Model {source.path.name}: K={source.ensemble_size}, cutoff {source.cutoff} Å, "
         f"{source.metadata['n_features']} features; torch {torch.__version__}, {threads} thread(s).",
         "",
-        "| N atoms | edges/atom | eager f64 | TorchScript f64 | eager f32 | TorchScript f32 | f32 / f64 (TorchScript) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| N atoms | edges/atom | " + " | ".join(header + extra) + " |",
+        "|---:|---:|" + "---:|" * (len(header) + len(extra)),
     ]
     for n in sorted({r[0] for r in rows}):
         got = {(r[1], r[2]): r[4] for r in rows if r[0] == n}
         nl_edges = neighbor_list(crystal(n).positions, crystal(n).cell.array, True, source.cutoff).i.size / n
-        cells = [f"{got[(k, d)] / 1e3:.1f}" for d in ("float64", "float32") for k in ("eager", "torchscript")]
-        ratio = got[("torchscript", "float32")] / got[("torchscript", "float64")]
-        lines.append(f"| {n} | {nl_edges:.0f} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+        cells = [f"{got[(k, d)] / 1e3:.1f}" if (k, d) in got else "-" for d in ("float64", "float32") for k in kinds]
+        for d in ("float64", "float32")[: len(extra)]:
+            cells.append(f"**{got[('compiled', d)] / got[('torchscript', d)]:.2f}x**" if ("compiled", d) in got else "-")
+        lines.append(f"| {n} | {nl_edges:.0f} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Values are katom-steps/s (energy + forces + virial, median of repeated calls).")
     table = "\n".join(lines)

@@ -49,6 +49,11 @@ cdef extern from "mlip_md.h" nogil:
                                mlip_neighbor_list *result, char *errbuf,
                                size_t errbuf_len)
     void mlip_neighbor_list_free(mlip_neighbor_list *list)
+    int mlip_neighbors_filter(const double *positions, int64_t n_atoms, const int64_t *i,
+                              const int64_t *j, const double *shift_vectors, int64_t n_pairs,
+                              double cutoff, int64_t *out_ij, int64_t *out_index,
+                              double *out_vectors, double *out_distances, int64_t *n_kept,
+                              char *errbuf, size_t errbuf_len)
 
 
 API_VERSION = MLIP_API_VERSION
@@ -459,3 +464,47 @@ def switch_evaluate(int shape, double r_inner, double r_outer, r):
         raise ValueError(errbuf.decode("utf-8", "replace"))
     shape_r = np.shape(r)
     return s.reshape(shape_r), ds.reshape(shape_r), d2s.reshape(shape_r)
+
+
+def filter_neighbors(positions, i, j, shift_vectors, double cutoff, out_ij, out_index,
+                     out_vectors, out_distances):
+    """Raw binding of ``mlip_neighbors_filter``: writes the n pairs of (i, j, shift_vectors)
+    closer than ``cutoff`` into the caller's buffers (out_ij [2 len(i)] holds i then j, so
+    ``out_ij[:2 n].reshape(2, n)`` is the edge index; out_index and out_distances may be None)
+    and returns n."""
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] pos = positions
+    cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] ci = i
+    cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] cj = j
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] sv = shift_vectors
+    cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] oij = out_ij
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] ov = out_vectors
+    cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] ok
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] od
+    cdef int64_t n_pairs = ci.shape[0]
+    if pos.shape[1] != 3 or sv.shape[0] != n_pairs or sv.shape[1] != 3 or cj.shape[0] != n_pairs:
+        raise ValueError("positions [N, 3], i [E], j [E] and shift_vectors [E, 3] must agree")
+    if oij.shape[0] != 2 * n_pairs or ov.shape[0] < n_pairs or ov.shape[1] != 3:
+        raise ValueError("out_ij must hold 2 len(i) entries and out_vectors len(i) rows")
+    cdef int64_t *index_ptr = NULL
+    cdef double *dist_ptr = NULL
+    if out_index is not None:
+        ok = out_index
+        if ok.shape[0] < n_pairs:
+            raise ValueError("out_index must hold len(i) entries")
+        index_ptr = <int64_t *>ok.data
+    if out_distances is not None:
+        od = out_distances
+        if od.shape[0] < n_pairs:
+            raise ValueError("out_distances must hold len(i) entries")
+        dist_ptr = <double *>od.data
+    cdef int64_t kept = 0
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    cdef int status
+    with nogil:
+        status = mlip_neighbors_filter(<const double *>pos.data, pos.shape[0], <const int64_t *>ci.data,
+                                       <const int64_t *>cj.data, <const double *>sv.data, n_pairs, cutoff,
+                                       <int64_t *>oij.data, index_ptr, <double *>ov.data, dist_ptr,
+                                       &kept, errbuf, MLIP_ERRBUF_LEN)
+    if status != MLIP_OK:
+        raise ValueError(errbuf.decode("utf-8", "replace"))
+    return kept

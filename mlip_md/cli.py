@@ -268,6 +268,10 @@ def _add_ipi(sub) -> None:
                    help="file created by a halt action; i-PI stops softly when it sees EXIT in its directory")
     p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for the server")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compiled", type=Path, help="compiled package of --model (mlip-md compile) to evaluate instead; "
+                   "--model serves what it does not cover (force sigma). --model m.pt2 alone also works")
+    p.add_argument("--skin", type=float, default=0.5,
+                   help="Å: reuse the neighbour list until an atom moved more than skin/2 (0: rebuild every step)")
     p.set_defaults(func=cmd_ipi)
 
 
@@ -288,7 +292,7 @@ def cmd_ipi(args) -> int:
 
         evaluator = hybrid_evaluator(args.hybrid, comm)
     else:
-        predictor = Predictor(args.model, device=args.device)
+        predictor = Predictor(args.model, device=args.device, skin=args.skin, compiled=args.compiled)
         evaluator = predictor if comm is None else ParallelPredictor(predictor, comm)
     if rank > 0:
         evaluator.serve()
@@ -465,8 +469,8 @@ def _add_active(sub) -> None:
     q.add_argument("--seeds", type=int, default=3)
     q.add_argument("--strategies", default="random,max-variance,d-optimal,adversarial",
                    help="comma-separated strategies")
-    q.add_argument("--threshold", type=float, default=None, help="test force RMSE to reach, eV/Å")
-    q.add_argument("--max-labels", type=int, default=None, help="label budget per run")
+    q.add_argument("--threshold", type=float, default=None, help="test force RMSE to reach, eV/Å (default 0.1)")
+    q.add_argument("--max-labels", type=int, default=None, help="label budget per run (default 48)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_active_benchmark)
 
@@ -656,7 +660,31 @@ def cmd_compile(args) -> int:
     return 0
 
 
+#: glibc malloc settings for long MD runs: keep freed memory instead of returning it to the
+#: kernel (eager torch on the CPU otherwise loses up to 2x to page faults; BENCHMARKS.md)
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+#: commands that run MD loops and get MALLOC_TUNABLES (read by glibc at process start only)
+LONG_RUNNING = ("ipi", "demo")
+
+
+def _reexec_with_malloc_tunables(argv: List[str]) -> None:
+    """Re-execute this command with GLIBC_TUNABLES set, once (the variable must exist before the
+    process starts). Skipped when GLIBC_TUNABLES is already set, for other commands, off Linux,
+    or with MLIP_MD_MALLOC=system."""
+    import os
+
+    if (not argv or argv[0] not in LONG_RUNNING or "GLIBC_TUNABLES" in os.environ
+            or os.environ.get("MLIP_MD_MALLOC") == "system" or not sys.platform.startswith("linux")):
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "mlip_md.cli", *argv], env)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    if argv is None:  # the console entry point (not a call from Python code)
+        _reexec_with_malloc_tunables(sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from ase.calculators.calculator import CalculatorError

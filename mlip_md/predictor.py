@@ -25,6 +25,7 @@ from .model.assemble import (
 )
 from .model.io import ExportedModel, load_model
 from .neighbors import neighbor_list
+from .verlet import VerletList
 
 
 @dataclasses.dataclass
@@ -80,12 +81,21 @@ class Predictor:
     ``model`` is an ExportedModel, a path, or None for the shipped default model.
     """
 
-    def __init__(self, model: Union[ExportedModel, str, Path, None] = None, device: str = "cpu"):
-        if isinstance(model, ExportedModel):
+    def __init__(self, model: Union[ExportedModel, str, Path, None] = None, device: str = "cpu",
+                 skin: float = 0.0, compiled: Union[str, Path, None] = None):
+        """``skin`` (Å) > 0 reuses the neighbour list between calls (:class:`mlip_md.verlet.VerletList`);
+        ``compiled``: a ``.pt2`` package of ``model`` (``mlip-md compile``) to evaluate instead."""
+        if compiled is not None:
+            from .model.compiled import load_compiled
+
+            fallback = None if model is None or isinstance(model, ExportedModel) else model
+            self.model = load_compiled(compiled, device=device, fallback=fallback)
+        elif isinstance(model, ExportedModel):
             self.model = model.to(device)
         else:
             self.model = load_model(model, device=device)
         self.device = device
+        self.verlet = VerletList(self.model.cutoff, skin) if skin > 0 else None
         calibration = self.model.metadata.get("calibration", {})
         self.force_scale = float(np.sqrt(calibration.get("force_variance_scale", 1.0)))
         self.model_seconds = 0.0  # accumulated wall time inside the model call (profiling)
@@ -126,7 +136,10 @@ class Predictor:
         check_structure(numbers, positions, cell)
         self.model.check_elements(numbers)
         try:
-            nl = neighbor_list(positions, cell, pbc, self.cutoff, vectors=True, distances=True)
+            if self.verlet is not None:
+                nl = self.verlet.update(positions, cell, pbc)
+            else:
+                nl = neighbor_list(positions, cell, pbc, self.cutoff, vectors=True, distances=True)
         except ValueError as exc:
             raise InvalidStructureError(str(exc)) from exc
         if nl.distances.size and nl.distances.min() <= 1e-8:
@@ -138,7 +151,8 @@ class Predictor:
         n = len(numbers)
         start, stop = (0, n) if centres is None else centres.indices(n)[:2]
         if (start, stop) == (0, n):
-            edge_index = torch.from_numpy(np.stack([nl.i, nl.j]))
+            ij = self.verlet.edge_index if self.verlet is not None else np.stack([nl.i, nl.j])
+            edge_index = torch.from_numpy(ij)
             vectors = torch.from_numpy(nl.vectors)
             out = self._call_model(torch.from_numpy(numbers), edge_index, vectors, n, monitors, force_sigma)
             return self._assemble(out, edge_index, vectors, n, cell, pbc, force_sigma)
@@ -171,8 +185,12 @@ class Predictor:
         edge_index = edge_index.to(device)
         grad = out["edge_grad"].detach().to(torch.float64)
         vectors64 = vectors.to(device=device, dtype=torch.float64)
-        forces = forces_from_edge_grad(grad, edge_index, n)
-        virial = virial_from_edge_grad(grad, vectors64)
+        if "forces" in out and out["forces"].shape[0] == n:  # assembled in a compiled graph
+            forces = out["forces"].to(torch.float64)
+            virial = out["virial"].to(torch.float64)
+        else:
+            forces = forces_from_edge_grad(grad, edge_index, n)
+            virial = virial_from_edge_grad(grad, vectors64)
         volume = abs(float(np.linalg.det(cell)))
         stress = None
         if bool(np.all(pbc)) and volume > 0:

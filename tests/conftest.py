@@ -81,3 +81,37 @@ def trained_model_path(tmp_path_factory, emt_frames):
     report = train_ensemble(train, val, config, TrainConfig(epochs=6, batch_size=4), out, reference="emt")
     out.with_suffix(".report").write_text(str(report["validation"]["mean"]))
     return out
+
+
+def two_element_model() -> MLIPotential:
+    """Untrained (Ni, Cu) model with every monitor buffer filled (T^2, d_min with unequal
+    reference counts, contacts, variance floor) and a 0-d energy scale that is not a float32
+    number: exercises every output of the compiled graphs."""
+    cfg = ModelConfig(atomic_numbers=[28, 29], cutoff=4.0, switch_width=1.0, n_max=3, l_max=2, hidden=(8,),
+                      ensemble_size=3)
+    model = MLIPotential(cfg).double().eval()
+    gen = torch.Generator().manual_seed(1)
+    d = model.n_features
+    with torch.no_grad():
+        model.feature_scale.uniform_(0.5, 2.0, generator=gen)
+        model.energy_scale.fill_(0.7680135763634964)
+        model.atomic_reference_energy.copy_(torch.tensor([-1.3, -2.1]))
+        model.energy_variance_scale.fill_(1.7)
+        model.energy_variance_floor.fill_(2e-5)
+        model.domain_precision.copy_(torch.eye(d).expand(2, d, d) * torch.tensor([1.0, 2.0]).view(2, 1, 1))
+        model.pair_min_distance.fill_(2.0)
+        model.reference_features = torch.randn(2, 5, d, generator=gen, dtype=torch.float64)
+        model.reference_count.copy_(torch.tensor([5, 3]))
+    return model
+
+
+@pytest.fixture(scope="session")
+def compiled_package(tmp_path_factory):
+    """(TorchScript .pt, AOTInductor .pt2) of two_element_model(), float64, compiled once per
+    session (about a minute; the ``monitors`` graph only, which also serves monitors=False)."""
+    from mlip_md.model.compile import compile_model
+    from mlip_md.model.io import save_model
+
+    root = tmp_path_factory.mktemp("compiled")
+    pt = save_model(two_element_model(), root / "m.pt")
+    return pt, compile_model(pt, root / "m.pt2", graphs=("monitors",))

@@ -176,6 +176,21 @@ MLIP_API int mlip_neighbors_compute(const double *positions, int64_t n_atoms,
  * NULL is a no-op. */
 MLIP_API void mlip_neighbor_list_free(mlip_neighbor_list *list);
 
+/* Refresh a Verlet list (csrc/src/verlet.cpp). Candidate pairs (i[k], j[k]) with shift
+ * vectors shift_vectors[k] = S_k @ cell ([n_pairs][3], Angstrom) come from a list built at
+ * cutoff + skin; for each, r = positions[j] - positions[i] + shift is recomputed and the pair
+ * kept when |r| < cutoff. The n kept pairs are written in candidate order to the caller's
+ * buffers: out_ij [2 * n_pairs] receives i in out_ij[0..n) and j in out_ij[n..2n) (an
+ * edge_index [2][n], C-contiguous), out_index [n_pairs] the candidate index k (may be NULL),
+ * out_vectors [n_pairs][3] the vectors, out_distances [n_pairs] |r| (may be NULL); *n_kept
+ * receives n. No allocation. Returns MLIP_OK or MLIP_ERR_INVALID_ARGUMENT (an index out of
+ * range, cutoff <= 0). */
+MLIP_API int mlip_neighbors_filter(const double *positions, int64_t n_atoms, const int64_t *i,
+                                   const int64_t *j, const double *shift_vectors, int64_t n_pairs,
+                                   double cutoff, int64_t *out_ij, int64_t *out_index,
+                                   double *out_vectors, double *out_distances, int64_t *n_kept,
+                                   char *errbuf, size_t errbuf_len);
+
 /* ========================================================================= */
 /* 3. i-PI wire codec                                                        */
 /* ========================================================================= */

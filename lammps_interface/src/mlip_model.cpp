@@ -2,6 +2,7 @@
 
 #include "mlip_json.h"
 
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
@@ -11,6 +12,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <unordered_map>
+#include <map>
 
 namespace MLIP {
 
@@ -89,7 +91,19 @@ struct Model::Impl {
   c10::Device device{torch::kCPU};
   torch::Dtype dtype = torch::kFloat64;
   std::vector<torch::Tensor> keep;    // outputs behind the pointers of the last ModelOutput
+  // compiled package (.pt2, `mlip-md compile`): AOTInductor graphs "energy" / "monitors",
+  // the names of their outputs, and the TorchScript source for what they do not cover
+  bool compiled = false;
+  std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> graphs;
+  std::map<std::string, std::vector<std::string>> outputs;
+  std::string source_path;
+  std::unique_ptr<Model> source;
 };
+
+static bool ends_with(const std::string &s, const std::string &tail)
+{
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
 
 Model::Model() = default;
 Model::~Model() = default;
@@ -183,6 +197,12 @@ void Model::load(const std::string &path, const std::string &device)
     throw std::runtime_error("device " + device +
                              " requested but this libtorch has no usable CUDA device; use device cpu");
 
+  if (ends_with(path, ".pt2")) {
+    load_compiled(path, *impl);
+    impl_ = std::move(impl);
+    return;
+  }
+
   torch::jit::ExtraFilesMap extra{{kMetadataName, ""}};
   try {
     impl->module = torch::jit::load(path, impl->device, extra);
@@ -201,6 +221,49 @@ void Model::load(const std::string &path, const std::string &device)
   impl->module.eval();
   impl->dtype = info_.dtype == "float32" ? torch::kFloat32 : torch::kFloat64;
   impl_ = std::move(impl);
+}
+
+void Model::load_compiled(const std::string &path, Impl &m)
+{
+  if (!m.device.is_cpu())
+    throw std::runtime_error("compiled model " + path + " runs on the CPU only; use the .pt file with device " +
+                             m.device.str());
+  for (const char *name : {"energy", "monitors"}) {
+    try {
+      m.graphs[name] = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, name);
+    } catch (std::exception &) {
+      // a package may hold one of the graphs only
+    }
+  }
+  if (m.graphs.empty())
+    throw std::runtime_error("could not load compiled model " + path +
+                             ": no 'energy' or 'monitors' graph (corrupt, or built by another torch version or "
+                             "for another CPU?); rebuild it with `mlip-md compile` or use the .pt file");
+  auto meta = m.graphs.begin()->second->get_metadata();
+  const std::string text = meta.count(kMetadataName) ? meta[kMetadataName] : std::string();
+  if (text.empty())
+    throw std::runtime_error("compiled model " + path + " has no " + kMetadataName +
+                             " metadata; build it with `mlip-md compile`");
+  info_ = parse_metadata(path, text);
+  const JsonValue all = parse_json(text);
+  const JsonValue *compiled = all.get("compiled");
+  const JsonValue *outputs = compiled ? compiled->get("outputs") : nullptr;
+  if (!outputs) throw std::runtime_error("compiled model " + path + ": metadata lacks compiled.outputs; rebuild it");
+  for (auto &entry : m.graphs) {
+    const JsonValue *names = outputs->get(entry.first);
+    if (!names || names->type != JsonValue::Array)
+      throw std::runtime_error("compiled model " + path + ": no output names for graph '" + entry.first + "'");
+    for (const JsonValue &name : names->items) m.outputs[entry.first].push_back(name.text);
+  }
+  const JsonValue *source = compiled->get("source");
+  if (source && source->is_string()) m.source_path = source->text;
+  m.compiled = true;
+  m.dtype = info_.dtype == "float32" ? torch::kFloat32 : torch::kFloat64;
+}
+
+bool Model::compiled() const
+{
+  return impl_ && impl_->compiled;
 }
 
 ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_sigma)
@@ -234,23 +297,53 @@ ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_si
     vectors = vectors.to(m.device);
   }
 
-  c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
-  try {
-    std::vector<torch::jit::IValue> args{species,         edge_index, vectors,
-                                         int64_t(batch.n_local), monitors, force_sigma};
-    dict = m.module.get_method("evaluate")(std::move(args)).toGenericDict();
-  } catch (std::exception &e) {
-    throw std::runtime_error("model evaluation failed: " + short_message(e, true));
+  std::unordered_map<std::string, torch::Tensor> results;
+  if (m.compiled) {
+    // neighbour slots (position of each edge among its centre's edges) and their maximum
+    std::vector<int64_t> count(batch.n_local, 0);
+    torch::Tensor slot = torch::empty({n_edges}, as_long);
+    int64_t *slot_ptr = slot.data_ptr<int64_t>();
+    int64_t max_nb = 0;
+    for (int64_t e = 0; e < n_edges; ++e) {
+      slot_ptr[e] = count[batch.src[e]]++;
+      if (slot_ptr[e] + 1 > max_nb) max_nb = slot_ptr[e] + 1;
+    }
+    const std::string graph = (monitors || !m.graphs.count("energy")) ? "monitors" : "energy";
+    if (force_sigma || !m.graphs.count(graph) || batch.n_local < 2 || n_edges < 2 || n_all < 2 || max_nb < 2)
+      return source_model().evaluate(batch, monitors, force_sigma);
+    std::vector<torch::Tensor> inputs{species, species.slice(0, 0, batch.n_local).clone(), edge_index, vectors,
+                                      slot, torch::empty({max_nb}, torch::TensorOptions().dtype(m.dtype))};
+    std::vector<torch::Tensor> values;
+    try {
+      values = m.graphs[graph]->run(inputs);
+    } catch (std::exception &e) {
+      throw std::runtime_error("compiled model evaluation failed: " + short_message(e, true));
+    }
+    const std::vector<std::string> &names = m.outputs[graph];
+    if (values.size() != names.size())
+      throw std::runtime_error("compiled model returned " + std::to_string(values.size()) + " outputs, its metadata names " +
+                               std::to_string(names.size()));
+    for (size_t k = 0; k < names.size(); ++k) results[names[k]] = values[k];
+  } else {
+    c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
+    try {
+      std::vector<torch::jit::IValue> args{species,         edge_index, vectors,
+                                           int64_t(batch.n_local), monitors, force_sigma};
+      dict = m.module.get_method("evaluate")(std::move(args)).toGenericDict();
+    } catch (std::exception &e) {
+      throw std::runtime_error("model evaluation failed: " + short_message(e, true));
+    }
+    for (const auto &item : dict) results[item.key().toStringRef()] = item.value().toTensor();
   }
 
   const int64_t n_local = batch.n_local;
   auto fetch = [&](const char *key, int64_t expected, bool required) -> const double * {
-    auto it = dict.find(std::string(key));
-    if (it == dict.end()) {
+    auto it = results.find(std::string(key));
+    if (it == results.end()) {
       if (required) throw std::runtime_error(std::string("model output lacks '") + key + "'");
       return nullptr;
     }
-    torch::Tensor t = it->value().toTensor().detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    torch::Tensor t = it->second.detach().to(torch::kCPU, torch::kFloat64).contiguous();
     if (expected >= 0 && t.numel() != expected)
       throw std::runtime_error(std::string("model output '") + key + "' has " + std::to_string(t.numel()) +
                                " values, expected " + std::to_string(expected));
@@ -273,6 +366,24 @@ ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_si
   }
   if (force_sigma) out.member_edge_grad = fetch("member_edge_grad", int64_t(out.n_members) * 3 * n_edges, true);
   return out;
+}
+
+Model &Model::source_model()
+{
+  Impl &m = *impl_;
+  if (!m.source) {
+    if (m.source_path.empty() || !std::ifstream(m.source_path))
+      throw std::runtime_error("this step needs the TorchScript model " + info_.path + " was compiled from (force "
+                               "sigma, or fewer than two atoms / edges / neighbours on this rank), but '" +
+                               m.source_path + "' is not there; use the .pt file in pair_style mlip");
+    m.source = std::make_unique<Model>();
+    m.source->load(m.source_path, "cpu");
+    if (m.source->info().dtype != info_.dtype) {    // mlip-md compile --dtype: run the .pt alike
+      m.source->impl_->module.to(m.dtype);
+      m.source->impl_->dtype = m.dtype;
+    }
+  }
+  return *m.source;
 }
 
 }    // namespace MLIP

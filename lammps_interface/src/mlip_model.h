@@ -67,8 +67,15 @@ class Model {
   // Run model.evaluate(...) with grad mode on; throws std::runtime_error.
   ModelOutput evaluate(const EdgeBatch &batch, bool monitors, bool force_sigma);
 
+  // True for an AOTInductor package (path ending in .pt2, written by `mlip-md compile`): its
+  // compiled graphs run instead of TorchScript; force sigma and tiny inputs use the .pt it was
+  // compiled from (path in its metadata).
+  bool compiled() const;
+
  private:
   struct Impl;
+  void load_compiled(const std::string &path, Impl &impl);
+  Model &source_model();
   std::unique_ptr<Impl> impl_;
   ModelInfo info_;
 };
