@@ -471,6 +471,8 @@ def _add_active(sub) -> None:
                    help="comma-separated strategies")
     q.add_argument("--threshold", type=float, default=None, help="test force RMSE to reach, eV/Å (default 0.1)")
     q.add_argument("--max-labels", type=int, default=None, help="label budget per run (default 48)")
+    q.add_argument("--stage-steps", type=int, default=None,
+                   help="MD steps per exploration stage (default 15; 3 stages, a frame every 5 steps)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_active_benchmark)
 
@@ -496,7 +498,8 @@ def cmd_active_run(args) -> int:
 def cmd_active_benchmark(args) -> int:
     from .active.benchmark import run_benchmark
 
-    kwargs = {k: v for k, v in (("threshold", args.threshold), ("max_labels", args.max_labels)) if v is not None}
+    kwargs = {k: v for k, v in (("threshold", args.threshold), ("max_labels", args.max_labels),
+                                ("stage_steps", args.stage_steps)) if v is not None}
     result = run_benchmark(args.out, seeds=args.seeds, strategies=[s for s in args.strategies.split(",") if s],
                            bars=not args.no_progress, **kwargs)
     print(result["markdown"])
