@@ -5,10 +5,15 @@ Reports steps/s of each pair (timed by i-PI's own per-step wall clock, which exc
 start-up and shutdown), the ratio, and the share of the mlip_md driver's step time spent outside
 the model call. Both drivers do the same work (energy, forces, virial; the ASE side runs
 ``MLIPCalculator(monitors=False)``, mlip_md ``--monitor-every 0``); one more column has mlip_md
-with its default monitors (sigma, T², d_min, contacts) on every step. A zero-force model served by mlip_md versus ``i-pi-driver-py -m dummy`` gives
-the pure protocol overhead.
+with its default monitors (sigma, T², d_min, contacts) on every step. A zero-force model served by
+mlip_md versus ``i-pi-driver-py -m dummy`` gives the pure protocol overhead.
 
     python benchmarks/ipi_driver.py [--sizes 500 4000 32000] [--steps 20] [--output table.md]
+                                    [--compiled m.pt2] [--no-extras]
+
+--compiled adds mlip_md serving the compiled package of the same model (`mlip-md ipi --model m.pt
+--compiled m.pt2`, Verlet skin 0.5 Å, the driver's default) next to the TorchScript runs;
+--no-extras skips the monitors and zero-model columns.
 """
 from __future__ import annotations
 
@@ -116,6 +121,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--model", default=str(default_model_path()))
     parser.add_argument("--output")
+    parser.add_argument("--compiled", help="compiled package of --model (mlip-md compile)")
+    parser.add_argument("--no-extras", action="store_true", help="skip the monitors and zero-model runs")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mlip_md_ipi_bench_"))
     zero = zero_model(root / "zero.pt")
@@ -127,26 +134,40 @@ def main() -> None:
         atoms = crystal(n_target)
         n = len(atoms)
         steps = max(5, args.steps if n < 20000 else args.steps // 2)
-        ours = run_pair(root / f"ours_{n}", atoms, steps,
-                        mlip + ["--model", args.model, "--committee", "off", "--monitor-every", "0"])
-        monitored = run_pair(root / f"mon_{n}", atoms, steps, mlip + ["--model", args.model, "--committee", "off"])
+        plain = ["--committee", "off", "--monitor-every", "0"]
+        ours = run_pair(root / f"ours_{n}", atoms, steps, mlip + ["--model", args.model] + plain)
         theirs = run_pair(root / f"ase_{n}", atoms, steps, baseline)
-        zero_ours = run_pair(root / f"zero_{n}", atoms, steps * 5,
-                             mlip + ["--model", str(zero), "--committee", "off", "--monitor-every", "0"])
-        zero_dummy = run_pair(root / f"dummy_{n}", atoms, steps * 5,
-                              ["i-pi-driver-py", "-u", "-a", "{address}", "-m", "dummy"])
         outside = float(ours["log"].split("% of it outside the model")[0].split()[-1])
-        rows.append((n, ours["steps_per_second"], theirs["steps_per_second"], outside, zero_ours["steps_per_second"],
-                     zero_dummy["steps_per_second"], monitored["steps_per_second"]))
-        print(f"N={n}: mlip_md {rows[-1][1]:.2f} steps/s ({outside:.1f}% outside the model), i-pi-driver-py+ASE "
-              f"{rows[-1][2]:.2f} steps/s (x{rows[-1][1] / rows[-1][2]:.2f}); zero model {rows[-1][4]:.1f} vs "
-              f"dummy {rows[-1][5]:.1f} steps/s; with monitors every step {rows[-1][6]:.2f} steps/s", flush=True)
+        row = {"n": n, "ours": ours["steps_per_second"], "ase": theirs["steps_per_second"], "outside": outside}
+        if args.compiled:
+            comp = run_pair(root / f"pt2_{n}", atoms, steps,
+                            mlip + ["--model", args.model, "--compiled", args.compiled] + plain)
+            row["compiled"] = comp["steps_per_second"]
+            row["compiled_outside"] = float(comp["log"].split("% of it outside the model")[0].split()[-1])
+        if not args.no_extras:
+            row["monitored"] = run_pair(root / f"mon_{n}", atoms, steps,
+                                        mlip + ["--model", args.model, "--committee", "off"])["steps_per_second"]
+            row["zero"] = run_pair(root / f"zero_{n}", atoms, steps * 5,
+                                   mlip + ["--model", str(zero)] + plain)["steps_per_second"]
+            row["dummy"] = run_pair(root / f"dummy_{n}", atoms, steps * 5,
+                                    ["i-pi-driver-py", "-u", "-a", "{address}", "-m", "dummy"])["steps_per_second"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    def cell(row, key, fmt):
+        return format(row[key], fmt) if key in row else "-"
+
     lines = ["| N atoms | i-PI + mlip-md ipi (steps/s) | i-PI + i-pi-driver-py ASE (steps/s) | ratio | "
-             "driver time outside the model | mlip-md ipi + monitors every step (steps/s) | "
+             "driver time outside the model | mlip-md ipi --compiled (steps/s) | compiled / ASE driver | "
+             "compiled: outside the model | mlip-md ipi + monitors every step (steps/s) | "
              "zero model, mlip-md ipi (steps/s) | i-pi-driver-py -m dummy (steps/s) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for n, a, b, o, z, d, m in rows:
-        lines.append(f"| {n} | {a:.2f} | {b:.2f} | {a / b:.2f} | {o:.1f}% | {m:.2f} | {z:.1f} | {d:.1f} |")
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"**{r['compiled'] / r['ase']:.2f}x**" if "compiled" in r else "-"
+        outside_c = f"{r['compiled_outside']:.1f}%" if "compiled" in r else "-"
+        lines.append(f"| {r['n']} | {r['ours']:.2f} | {r['ase']:.2f} | {r['ours'] / r['ase']:.2f} | {r['outside']:.1f}% | "
+                     f"{cell(r, 'compiled', '.2f')} | {ratio} | {outside_c} | {cell(r, 'monitored', '.2f')} | "
+                     f"{cell(r, 'zero', '.1f')} | {cell(r, 'dummy', '.1f')} |")
     table = "\n".join(lines)
     print(table)
     if args.output:

@@ -15,6 +15,11 @@ of a second `run` / the wall time of ASE's `dyn.run`.
 
     python benchmarks/lammps_plugin.py [--sizes 500 4000 32000] [--mpi-sizes 32000]
                                        [--threads 1] [--model m.pt] [--output table.md]
+                                       [--compiled m.pt2] [--eam]
+
+With --compiled (a package of the same model, `mlip-md compile`) it adds, side by side:
+`pair_style mlip m.pt2` on 1 and 2 ranks, ASE MD with the package and a 0.5 Å Verlet skin,
+and (--eam) LAMMPS eam/alloy (Cu_mishin1) as a second field anchor.
 
 Environment variables (OMP_NUM_THREADS is set from --threads, GLIBC_TUNABLES etc.) are passed
 to every process unchanged.
@@ -99,10 +104,11 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 from mlip_md import MLIPCalculator
 cells, steps, model, threads = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+compiled, skin = (None if sys.argv[5] == "none" else sys.argv[5]), float(sys.argv[6])
 torch.set_num_threads(threads)
 atoms = bulk("Cu", "fcc", a=%r, cubic=True).repeat(cells)
 MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(1))
-calc = MLIPCalculator(model, monitors=False)
+calc = MLIPCalculator(model, monitors=False, compiled=compiled, skin=skin)
 atoms.calc = calc
 dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
 dyn.run(2)  # warm-up: TorchScript profiling runs
@@ -116,9 +122,9 @@ print(json.dumps({"loop_s": elapsed, "steps": steps, "steps_per_s": steps / elap
 """ % LATTICE
 
 
-def run_ase(n_atoms: int, steps: int, model: str, threads: int, env: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-c", ASE_WORKER, str(cells_for(n_atoms)), str(steps), model, str(threads)],
-                          env=env, capture_output=True, text=True)
+def run_ase(n_atoms: int, steps: int, model: str, threads: int, env: dict, compiled=None, skin: float = 0.0) -> dict:
+    proc = subprocess.run([sys.executable, "-c", ASE_WORKER, str(cells_for(n_atoms)), str(steps), model, str(threads),
+                           str(compiled or "none"), str(skin)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"ASE MD failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -140,6 +146,8 @@ def main() -> None:
     parser.add_argument("--no-ase", action="store_true")
     parser.add_argument("--no-snap", action="store_true")
     parser.add_argument("--output", help="also write the markdown tables (and a .json next to it)")
+    parser.add_argument("--compiled", help="compiled package of --model (mlip-md compile): adds .pt2 rows")
+    parser.add_argument("--eam", action="store_true", help="also time LAMMPS eam/alloy (Cu_mishin1)")
     args = parser.parse_args()
 
     model = str(resolve_model_path(args.model).resolve())
@@ -151,6 +159,9 @@ def main() -> None:
     snap_pair = ["pair_style snap",
                  f"pair_coeff * * {find_potential('Cu_Zuo_JPCA2020.snapcoeff')} "
                  f"{find_potential('Cu_Zuo_JPCA2020.snapparam')} Cu"]
+    pt2_pair = [f"plugin load {plugin}", f"pair_style mlip {Path(args.compiled).resolve()}", "pair_coeff * * Cu"] \
+        if args.compiled else None
+    eam_pair = ["pair_style eam/alloy", f"pair_coeff * * {find_potential('Cu_mishin1.eam.alloy')} Cu"]
     load_start = os.getloadavg()[0]
     results = {}
     def fastest(measure, label):
@@ -171,8 +182,19 @@ def main() -> None:
             row["ase"] = fastest(lambda: run_ase(n, steps, model, args.threads, env), "ASE MD")
         if n in args.mpi_sizes:
             row["lammps_np2"] = fastest(lambda: run_lammps(n, mlip_pair, steps, 2, env), "mpiexec -n 2 LAMMPS + plugin")
+        if pt2_pair:
+            row["lammps_pt2"] = fastest(lambda: run_lammps(n, pt2_pair, steps, 1, env), "LAMMPS + plugin, .pt2")
+            if n in args.mpi_sizes:
+                row["lammps_pt2_np2"] = fastest(lambda: run_lammps(n, pt2_pair, steps, 2, env),
+                                                "mpiexec -n 2 LAMMPS + plugin, .pt2")
+            if not args.no_ase:
+                row["ase_pt2"] = fastest(lambda: run_ase(n, steps, model, args.threads, env, args.compiled, 0.5),
+                                         "ASE MD, .pt2, skin 0.5")
         if not args.no_snap:
             row["snap"] = fastest(lambda: run_lammps(n, snap_pair, steps, 1, env, warmup=1), "LAMMPS SNAP")
+        if args.eam:
+            row["eam"] = fastest(lambda: run_lammps(n, eam_pair, max(steps, round(2e6 / n)), 1, env, warmup=5),
+                                 "LAMMPS eam/alloy")
         results[n] = row
         print(json.dumps(row), flush=True)
     load_end = os.getloadavg()[0]
@@ -209,6 +231,25 @@ def main() -> None:
             speedup = two["steps_per_s"] / one["steps_per_s"]
             lines.append(f"| {n} | {one['steps_per_s']:.3g} | {two['steps_per_s']:.3g} | {speedup:.2f}x | "
                          f"{100 * speedup / 2:.0f}% | {100 * two.get('outside_model_fraction', float('nan')):.1f}% |")
+    if pt2_pair:
+        lines += ["", "Compiled package (.pt2) side by side, katom-steps/s (speed-up):", "",
+                  "| N atoms | LAMMPS .pt | LAMMPS .pt2 | .pt2 / .pt | .pt2 outside model | 2 ranks .pt2 | "
+                  "ASE .pt2 + skin | ASE .pt2 outside model | SNAP | .pt2 / SNAP | EAM |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for n, row in results.items():
+            def rate(key):
+                return row[key]["steps_per_s"] * n / 1e3 if key in row else float("nan")
+
+            cells = [str(n), f"{rate('lammps'):.3g}", f"{rate('lammps_pt2'):.3g}",
+                     f"**{rate('lammps_pt2') / rate('lammps'):.2f}x**",
+                     f"{100 * row['lammps_pt2'].get('outside_model_fraction', float('nan')):.1f}%",
+                     f"{rate('lammps_pt2_np2'):.3g}" if "lammps_pt2_np2" in row else "-",
+                     f"{rate('ase_pt2'):.3g}" if "ase_pt2" in row else "-",
+                     f"{100 * row['ase_pt2']['outside_model_fraction']:.1f}%" if "ase_pt2" in row else "-",
+                     f"{rate('snap'):.3g}" if "snap" in row else "-",
+                     f"{rate('lammps_pt2') / rate('snap'):.2f}x" if "snap" in row else "-",
+                     f"{rate('eam'):.4g}" if "eam" in row else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print()
     print(table)
