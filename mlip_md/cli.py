@@ -294,6 +294,13 @@ def cmd_ipi(args) -> int:
     else:
         predictor = Predictor(args.model, device=args.device, skin=args.skin, compiled=args.compiled)
         evaluator = predictor if comm is None else ParallelPredictor(predictor, comm)
+        if rank == 0:
+            import os
+
+            logging.getLogger("mlip_md.ipi").info(
+                "model %s%s, neighbour-list skin %g Å, malloc %s", predictor.model.path,
+                " (compiled)" if args.compiled or str(args.model).endswith(".pt2") else "", args.skin,
+                os.environ.get("GLIBC_TUNABLES", "glibc defaults"))
     if rank > 0:
         evaluator.serve()
         return 0

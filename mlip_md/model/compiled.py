@@ -58,6 +58,7 @@ class CompiledModel(ExportedModel):
         self.fallback_path = fallback
         self._fallback: ExportedModel | None = None
         self.fallback_calls = 0
+        self._checked_species: torch.Tensor | None = None
 
     @classmethod
     def load(cls, path: PathLike, device: str = "cpu", fallback: PathLike | None = None) -> CompiledModel:
@@ -128,6 +129,15 @@ class CompiledModel(ExportedModel):
         raise ModelFileError("a compiled package cannot be re-saved; save the .pt model and compile it again")
 
     # ------------------------------------------------------------------ call
+    def _check_species(self, species: torch.Tensor) -> None:
+        """The graphs map atomic numbers through a lookup table without checks (an unknown
+        element would index out of range): check them, once per distinct species array."""
+        known = self._checked_species
+        if known is not None and known.shape == species.shape and torch.equal(known, species):
+            return
+        self.check_elements(species.cpu().numpy())
+        self._checked_species = species.detach().clone()
+
     def __call__(
         self,
         species: torch.Tensor,
@@ -143,6 +153,7 @@ class CompiledModel(ExportedModel):
         if force_sigma or graph not in self.graphs or n_local < 2 or n_edges < 2 or species.shape[0] < 2:
             self.fallback_calls += 1
             return self.source(species, edge_index, edge_vectors, n_local, monitors, force_sigma)
+        self._check_species(species)
         inputs = graph_inputs(species, edge_index, edge_vectors.to(self.dtype), n_local)
         if inputs[-1].shape[0] < 2:  # fewer than two neighbours everywhere
             self.fallback_calls += 1

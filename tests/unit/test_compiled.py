@@ -123,3 +123,28 @@ def test_stale_and_broken_packages_give_clear_errors(package, tmp_path):
     assert any("stale" in str(w.message) for w in caught)
     # an explicit fallback is trusted as given
     assert load_compiled(pt2, fallback=other).fallback_path == other
+
+
+def test_compile_command_errors(tmp_path, capsys):
+    from mlip_md.cli import main
+
+    assert main(["compile", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["compile", "-o", str(tmp_path / "m.pt"), "--graphs", "energy"]) == 2
+    assert "must end in .pt2" in capsys.readouterr().err
+    assert main(["compile", "-o", str(tmp_path / "m.pt2"), "--graphs", "forces"]) == 2
+    assert "unknown graph 'forces'" in capsys.readouterr().err
+
+
+def test_unknown_element_is_refused_before_the_graph(models):
+    from mlip_md.errors import UnknownElementError
+
+    ts, compiled = models
+    atoms = alloy(2, seed=1)
+    atoms.numbers[3] = 26  # Fe: the graph's lookup table has no row for it
+    from mlip_md.neighbors import neighbor_list
+
+    nl = neighbor_list(atoms.positions, atoms.cell.array, True, compiled.cutoff)
+    with pytest.raises(UnknownElementError, match="Fe"):
+        compiled(torch.from_numpy(atoms.numbers.astype(np.int64)), torch.from_numpy(np.stack([nl.i, nl.j])),
+                 torch.from_numpy(nl.vectors), len(atoms))
