@@ -294,13 +294,11 @@ def cmd_ipi(args) -> int:
     else:
         predictor = Predictor(args.model, device=args.device, skin=args.skin, compiled=args.compiled)
         evaluator = predictor if comm is None else ParallelPredictor(predictor, comm)
-        if rank == 0:
-            import os
+        import os
 
-            logging.getLogger("mlip_md.ipi").info(
-                "model %s%s, neighbour-list skin %g Å, malloc %s", predictor.model.path,
-                " (compiled)" if args.compiled or str(args.model).endswith(".pt2") else "", args.skin,
-                os.environ.get("GLIBC_TUNABLES", "glibc defaults"))
+        description = "; model {}{}, neighbour-list skin {:g} Å, malloc {}".format(
+            predictor.model.path, " (compiled)" if args.compiled or str(args.model).endswith(".pt2") else "",
+            args.skin, os.environ.get("GLIBC_TUNABLES", "glibc defaults"))
     if rank > 0:
         evaluator.serve()
         return 0
@@ -319,6 +317,8 @@ def cmd_ipi(args) -> int:
     try:
         driver = Driver(evaluator, client, numbers=numbers, committee=args.committee, monitor=monitor,
                         exit_file=args.exit_file, monitor_every=args.monitor_every)
+        if args.hybrid is None:
+            driver.description = description  # appended to the "connected to i-PI" log line
         return serve(driver)
     finally:
         if comm is not None:

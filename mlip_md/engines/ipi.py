@@ -289,7 +289,7 @@ def serve(driver: Driver) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         client.connect()
-        log.info("connected to i-PI at %s", client.describe())
+        log.info("connected to i-PI at %s%s", client.describe(), getattr(driver, "description", ""))
         driver.run()
         log.info("i-PI sent EXIT after %d steps; %s", driver.steps, driver.timing_summary())
         return 0
