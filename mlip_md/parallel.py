@@ -18,6 +18,34 @@ from .predictor import Prediction, Predictor
 _EVALUATE, _STOP = 1, 0
 
 
+def block_slice(n: int, size: int, rank: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``n`` items over ``size`` ranks (sizes differ by <= 1)."""
+    bounds = np.linspace(0, n, size + 1).round().astype(int)
+    return slice(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+def broadcast_structure(comm, header: np.ndarray, numbers, positions, cell, pbc):
+    """Rank 0: broadcast ``header`` (int64, the command first) and one structure (Å, ASE cell
+    rows); returns (numbers int64 [N], positions float64 [N, 3], cell [3, 3], pbc bool [3])."""
+    numbers = np.ascontiguousarray(numbers, dtype=np.int64)
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    geometry = np.concatenate([np.asarray(cell, dtype=np.float64).reshape(9),
+                               np.broadcast_to(np.asarray(pbc, dtype=np.float64), (3,))])
+    for array in (header, numbers, positions, geometry):
+        comm.Bcast(array, root=0)
+    return numbers, positions, geometry[:9].reshape(3, 3), geometry[9:] > 0.5
+
+
+def receive_structure(comm, n_atoms: int):
+    """Ranks > 0: the structure that follows a header from :func:`broadcast_structure`."""
+    numbers = np.empty(n_atoms, dtype=np.int64)
+    positions = np.empty((n_atoms, 3), dtype=np.float64)
+    geometry = np.empty(12, dtype=np.float64)
+    for array in (numbers, positions, geometry):
+        comm.Bcast(array, root=0)
+    return numbers, positions, geometry[:9].reshape(3, 3), geometry[9:] > 0.5
+
+
 class ParallelPredictor:
     """Wraps a :class:`Predictor` with an mpi4py communicator (``comm.size`` may be 1)."""
 
@@ -34,24 +62,15 @@ class ParallelPredictor:
 
     def block(self, n_atoms: int, rank: Optional[int] = None) -> slice:
         """The centre atoms of ``rank``: contiguous, sizes differing by at most one."""
-        rank = self.rank if rank is None else rank
-        bounds = np.linspace(0, n_atoms, self.size + 1).round().astype(int)
-        return slice(int(bounds[rank]), int(bounds[rank + 1]))
+        return block_slice(n_atoms, self.size, self.rank if rank is None else rank)
 
     # ------------------------------------------------------------------ rank 0
     def predict(self, numbers, positions, cell, pbc, monitors: bool = True, force_sigma: bool = False) -> Prediction:
         if self.size == 1:
             return self.predictor.predict(numbers, positions, cell, pbc, monitors, force_sigma)
-        numbers = np.ascontiguousarray(numbers, dtype=np.int64)
-        positions = np.ascontiguousarray(positions, dtype=np.float64)
-        geometry = np.concatenate([np.asarray(cell, dtype=np.float64).reshape(9),
-                                   np.broadcast_to(np.asarray(pbc, dtype=np.float64), (3,))])
         self._header[:] = (_EVALUATE, len(numbers), int(monitors), int(force_sigma))
-        self.comm.Bcast(self._header, root=0)
-        self.comm.Bcast(numbers, root=0)
-        self.comm.Bcast(positions, root=0)
-        self.comm.Bcast(geometry, root=0)
-        return self._evaluate_and_reduce(numbers, positions, geometry, monitors, force_sigma)
+        structure = broadcast_structure(self.comm, self._header, numbers, positions, cell, pbc)
+        return self._evaluate_and_reduce(*structure, monitors, force_sigma)
 
     def shutdown(self) -> None:
         """Release the serving ranks (call once on rank 0 when done)."""
@@ -67,19 +86,12 @@ class ParallelPredictor:
             command, n, monitors, force_sigma = (int(v) for v in self._header)
             if command == _STOP:
                 return
-            numbers = np.empty(n, dtype=np.int64)
-            positions = np.empty((n, 3), dtype=np.float64)
-            geometry = np.empty(12, dtype=np.float64)
-            self.comm.Bcast(numbers, root=0)
-            self.comm.Bcast(positions, root=0)
-            self.comm.Bcast(geometry, root=0)
-            self._evaluate_and_reduce(numbers, positions, geometry, bool(monitors), bool(force_sigma))
+            self._evaluate_and_reduce(*receive_structure(self.comm, n), bool(monitors), bool(force_sigma))
 
     # ------------------------------------------------------------------ both
-    def _evaluate_and_reduce(self, numbers, positions, geometry, monitors, force_sigma) -> Optional[Prediction]:
+    def _evaluate_and_reduce(self, numbers, positions, cell, pbc, monitors, force_sigma) -> Optional[Prediction]:
         from mpi4py import MPI
 
-        cell, pbc = geometry[:9].reshape(3, 3), geometry[9:] > 0.5
         part = self.predictor.predict(numbers, positions, cell, pbc, monitors, force_sigma,
                                       centres=self.block(len(numbers)))
 

