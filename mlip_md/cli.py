@@ -480,6 +480,7 @@ def _add_active(sub) -> None:
     q.add_argument("--max-labels", type=int, default=None, help="label budget per run (default 48)")
     q.add_argument("--stage-steps", type=int, default=None,
                    help="MD steps per exploration stage (default 15; 3 stages, a frame every 5 steps)")
+    q.add_argument("--batch-size", type=int, default=None, help="structures labelled per iteration (default 4)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_active_benchmark)
 
@@ -506,7 +507,7 @@ def cmd_active_benchmark(args) -> int:
     from .active.benchmark import run_benchmark
 
     kwargs = {k: v for k, v in (("threshold", args.threshold), ("max_labels", args.max_labels),
-                                ("stage_steps", args.stage_steps)) if v is not None}
+                                ("stage_steps", args.stage_steps), ("batch_size", args.batch_size)) if v is not None}
     result = run_benchmark(args.out, seeds=args.seeds, strategies=[s for s in args.strategies.split(",") if s],
                            bars=not args.no_progress, **kwargs)
     print(result["markdown"])

@@ -48,7 +48,7 @@ def make_test_set(path: Path, snapshots: int = 2, md_steps: int = 50, seed: int 
 
 
 def run_config(out: Path, strategy: str, seed: int, threshold: float, max_labels: int,
-               stage_steps: int = 15) -> ActiveConfig:
+               stage_steps: int = 15, batch_size: int = 4) -> ActiveConfig:
     return ActiveConfig(
         run=RunSection(directory=f"runs/{strategy}_s{seed}", seed=seed),
         system=benchmark_system(),
@@ -58,7 +58,7 @@ def run_config(out: Path, strategy: str, seed: int, threshold: float, max_labels
         explore=ExploreSection(timestep_fs=3.0, sample_every=5,
                                schedule=[Stage(300.0, stage_steps), Stage(800.0, stage_steps),
                                          Stage(1500.0, stage_steps)]),
-        query=QuerySection(strategy=strategy, batch_size=4),
+        query=QuerySection(strategy=strategy, batch_size=batch_size),
         test=TestSection(file="test.extxyz"),
         stop=StopSection(target_force_rmse=threshold, max_labels=max_labels, max_iterations=100),
         base_dir=Path(out).resolve(),
@@ -119,9 +119,10 @@ def threshold_table(runs: dict, thresholds: Sequence[float], max_labels: int) ->
 def run_benchmark(out, seeds: int = 3, strategies: Sequence[str] = ("random", "max-variance", "d-optimal",
                                                                      "adversarial"),
                   threshold: float = DEFAULT_THRESHOLD, max_labels: int = DEFAULT_MAX_LABELS,
-                  stage_steps: int = 15, bars: bool = True, log=print) -> dict:
+                  stage_steps: int = 15, batch_size: int = 4, bars: bool = True, log=print) -> dict:
     """``stage_steps``: MD steps per schedule stage (3 stages, a frame every 5 steps: the pool
-    the strategies choose from holds up to 4 structures x 3 x stage_steps / 5 frames)."""
+    the strategies choose from holds up to 4 structures x 3 x stage_steps / 5 frames);
+    ``batch_size``: structures labelled per iteration (one retraining each)."""
     from .loop import ActiveLoop
 
     out = Path(out)
@@ -133,7 +134,7 @@ def run_benchmark(out, seeds: int = 3, strategies: Sequence[str] = ("random", "m
         runs[strategy] = {}
         for seed in range(seeds):
             log(f"--- {strategy}, seed {seed}")
-            cfg = run_config(out, strategy, seed, threshold, max_labels, stage_steps)
+            cfg = run_config(out, strategy, seed, threshold, max_labels, stage_steps, batch_size)
             report = ActiveLoop(cfg, bars=bars, log=log).run()
             runs[strategy][seed] = report["history"]
     rows = summarise(runs, threshold, max_labels)
@@ -145,7 +146,7 @@ def run_benchmark(out, seeds: int = 3, strategies: Sequence[str] = ("random", "m
     curves = {s: [[(h["labels"], h["force_rmse"]) for h in hist] for hist in per.values()] for s, per in runs.items()}
     plot_curves(curves, out / "learning_curves.png", threshold=threshold)
     result = {"threshold": threshold, "max_labels": max_labels, "seeds": seeds, "summary": rows,
-              "config": run_config(out, "random", 0, threshold, max_labels, stage_steps).to_dict(),
+              "config": run_config(out, "random", 0, threshold, max_labels, stage_steps, batch_size).to_dict(),
               "curves": curves, "markdown": table}
     atomic_write_text(out / "benchmark.json", json.dumps(result, indent=1, default=str))
     atomic_write_text(out / "benchmark.md", table + "\n")
