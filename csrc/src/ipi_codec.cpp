@@ -6,6 +6,7 @@
 // (the wire is little-endian). Every function validates its lengths before
 // touching the buffers, so no input can make it read or write out of bounds.
 #include "mlip_md.h"
+#include "errors.h"
 
 #include <cmath>
 #include <cstdarg>
@@ -29,19 +30,7 @@ const char kHeaders[MLIP_IPI_N_MESSAGES][kHdr + 1] = {
 
 // ---------------------------------------------------------------------------
 // errors
-#if defined(__GNUC__) || defined(__clang__)
-__attribute__((format(printf, 3, 4)))
-#endif
-int fail(char *errbuf, size_t errbuf_len, const char *fmt, ...) {
-    if (errbuf != nullptr && errbuf_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        std::vsnprintf(errbuf, errbuf_len, fmt, ap);
-        va_end(ap);
-        errbuf[errbuf_len - 1] = '\0';
-    }
-    return MLIP_ERR_INVALID_ARGUMENT;
-}
+using mlip_detail::fail;
 
 inline void clear_error(char *errbuf, size_t errbuf_len) {
     if (errbuf != nullptr && errbuf_len > 0) errbuf[0] = '\0';

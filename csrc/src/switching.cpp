@@ -7,6 +7,7 @@
 // are with respect to r (chain rule: d/dr = 1/w d/dx, w = r_outer - r_inner).
 // No allocation, no exceptions, no global mutable state: thread-safe.
 #include "mlip_md.h"
+#include "errors.h"
 
 #include <cmath>
 #include <cstdarg>
@@ -16,19 +17,7 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-#if defined(__GNUC__) || defined(__clang__)
-__attribute__((format(printf, 3, 4)))
-#endif
-int fail(char *errbuf, size_t errbuf_len, const char *fmt, ...) {
-    if (errbuf != nullptr && errbuf_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        std::vsnprintf(errbuf, errbuf_len, fmt, ap);
-        va_end(ap);
-        errbuf[errbuf_len - 1] = '\0';
-    }
-    return MLIP_ERR_INVALID_ARGUMENT;
-}
+using mlip_detail::fail;
 
 // The step p(x) on [0, 1] and its first two x-derivatives.
 inline void step(int shape, double x, double *p, double *dp, double *d2p) {

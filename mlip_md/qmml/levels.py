@@ -27,6 +27,7 @@ Units: Å, eV, eV/Å; virial in eV.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ class LevelResult:
     virial: np.ndarray  #: [3, 3] -sum_e r_e (x) w_i g_e, eV
 
 
-class Level:
+class Level(abc.ABC):
     """A per-atom-energy engine with per-edge gradients (see the module docstring)."""
 
     name = "level"
@@ -97,9 +98,9 @@ class Level:
         self.seconds += time.perf_counter() - start
         return LevelResult(energies, forces, virial)
 
+    @abc.abstractmethod
     def _edge_gradients(self, numbers, centres, i, j, vec, dist):
         """Per-centre energies [M] and g_e = dE_{i_e}/dr_e [E, 3] for edges (i, j) of the centres."""
-        raise NotImplementedError
 
 
 class MLIPLevel(Level):

@@ -17,23 +17,26 @@ fixed in the material, not in the laboratory frame).
 """
 from __future__ import annotations
 
+import abc
 from typing import Sequence, Tuple
 
 import numpy as np
 from ..errors import HybridSetupError
 
 
-class Region:
+class Region(abc.ABC):
     """Base class; see the module docstring."""
 
+    @abc.abstractmethod
     def centre(self, positions: np.ndarray, cell: np.ndarray, pbc) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """The centre (Å) and its dependence on the atoms; see the subclasses."""
 
     def check(self, n_atoms: int) -> None:
         """Raise ValueError when the region refers to atoms the structure does not have."""
 
+    @abc.abstractmethod
     def to_dict(self) -> dict:
-        raise NotImplementedError
+        """The region as a hybrid.toml ``[region]`` table."""
 
 
 class FixedPoint(Region):
