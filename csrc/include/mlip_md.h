@@ -22,6 +22,7 @@
  *   2. Neighbour lists
  *   3. i-PI wire codec (socket messages; atomic units <-> eV, Angstrom)
  *   4. Switching functions (QM/ML hybrid)
+ *   5. Power-spectrum descriptor (fused forward and backward of the built-in model)
  */
 #ifndef MLIP_MD_H
 #define MLIP_MD_H
@@ -431,6 +432,88 @@ MLIP_API int mlip_switch_continuity(int shape);
 MLIP_API int mlip_switch_evaluate(int shape, double r_inner, double r_outer, const double *r,
                                   int64_t n, double *s, double *ds, double *d2s, char *errbuf,
                                   size_t errbuf_len);
+
+/* ========================================================================= */
+/* 5. Power-spectrum descriptor                                              */
+/* ========================================================================= */
+/*
+ * The descriptor of the built-in model (mlip_md.model.descriptor.PowerSpectrum), evaluated
+ * edge by edge in one pass, and its exact backward: the hosts (Predictor, LAMMPS plugin) run
+ * it instead of the TorchScript descriptor and call the model's `evaluate_features` for the
+ * rest, which is several times faster (no padded tensors, no autograd graph over edges).
+ *
+ * For centre i, neighbour species s and radial channel n (q = s n_max + n, Q = S n_max,
+ * L2 = (l_max + 1)^2 harmonics ordered l = 0..l_max, m = -l..l):
+ *
+ *   R_n(r) = sqrt(2 / r_c) sin(n pi r / r_c) / r f_c(r),   n = 1..n_max
+ *   f_c    = 1 - (10 t^3 - 15 t^4 + 6 t^5),  t = clamp((r - r_c + w) / w, 0, 1)
+ *   c_i[q][lm] = sum_{j in N(i), species j = s} R_n(r_ij) Y_lm(r_ij / |r_ij|)
+ *   features_i = ( c_i[q][0] for q < Q,
+ *                  then for l = 0..l_max: (2l + 1)^-1/2 sum_m c_i[q][lm] c_i[q'][lm]
+ *                  for q <= q' in row-major upper-triangle order )
+ *
+ * so D = Q + Q (Q + 1) / 2 (l_max + 1). Y_lm are real, orthonormal, without the
+ * Condon-Shortley phase (mlip_md.model.spherical). Edges at or beyond r_c contribute nothing.
+ */
+typedef struct mlip_power_spectrum_params {
+    int32_t n_species;   /* S >= 1                                       */
+    int32_t n_max;       /* radial channels per species, >= 1            */
+    int32_t l_max;       /* 0 <= l_max <= MLIP_POWER_SPECTRUM_MAX_L       */
+    double cutoff;       /* r_c > 0, Angstrom                            */
+    double switch_width; /* w in (0, r_c], Angstrom                      */
+} mlip_power_spectrum_params;
+#define MLIP_POWER_SPECTRUM_MAX_L 8
+
+/* Number of features D per centre, or -1 when the parameters are invalid. */
+MLIP_API int64_t mlip_power_spectrum_n_features(const mlip_power_spectrum_params *params);
+
+/* Size Q * L2 of one centre's density block (the workspace the backward needs), or -1. */
+MLIP_API int64_t mlip_power_spectrum_density_size(const mlip_power_spectrum_params *params);
+
+/* Forward pass.
+ *
+ *   n_local         centres are atoms 0..n_local-1
+ *   n_all           atoms (centres + ghosts/images), species_index covers all of them
+ *   species_index   [n_all] species of each atom, 0..S-1
+ *   n_edges         E
+ *   edge_index      [2][E] row 0: centre i < n_local, row 1: neighbour j < n_all (any order)
+ *   edge_vectors    [E][3] r_j - r_i, Angstrom; must be finite and non-zero
+ *   density         output [n_local][Q][L2] (keep it for the backward)
+ *   features        output [n_local][D]
+ *
+ * Returns MLIP_OK or MLIP_ERR_INVALID_ARGUMENT (bad parameters, index out of range,
+ * non-finite or zero-length edge vector). No allocation, thread-safe. */
+MLIP_API int mlip_power_spectrum_forward_f64(const mlip_power_spectrum_params *params, int64_t n_local,
+                                             int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                             const int64_t *edge_index, const double *edge_vectors,
+                                             double *density, double *features, char *errbuf,
+                                             size_t errbuf_len);
+MLIP_API int mlip_power_spectrum_forward_f32(const mlip_power_spectrum_params *params, int64_t n_local,
+                                             int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                             const int64_t *edge_index, const float *edge_vectors,
+                                             float *density, float *features, char *errbuf,
+                                             size_t errbuf_len);
+
+/* Backward pass: edge gradients of n_rows scalar functions of the features.
+ *
+ *   density         [n_local][Q][L2] from the forward pass on the same edges
+ *   n_rows          K >= 1 (e.g. the ensemble mean, or one row per member)
+ *   feature_grad    [K][n_local][D] dF_k / d features
+ *   edge_grad       output [K][E][3] dF_k / d edge_vectors (eV/Angstrom for energies)
+ *
+ * Same inputs and checks as the forward pass. No allocation, thread-safe. */
+MLIP_API int mlip_power_spectrum_backward_f64(const mlip_power_spectrum_params *params, int64_t n_local,
+                                              int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                              const int64_t *edge_index, const double *edge_vectors,
+                                              const double *density, int64_t n_rows,
+                                              const double *feature_grad, double *edge_grad, char *errbuf,
+                                              size_t errbuf_len);
+MLIP_API int mlip_power_spectrum_backward_f32(const mlip_power_spectrum_params *params, int64_t n_local,
+                                              int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                              const int64_t *edge_index, const float *edge_vectors,
+                                              const float *density, int64_t n_rows,
+                                              const float *feature_grad, float *edge_grad, char *errbuf,
+                                              size_t errbuf_len);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -64,6 +64,17 @@ def build_metadata(module: MLIPotential, dtype: str, extra: Optional[Dict[str, A
         "ensemble_size": int(module.n_members),  # members the model outputs (BLL: sigma points)
         "uq": module.uq,
         "n_features": int(module.n_features),
+        # what a host needs to run the descriptor itself (csrc mlip_power_spectrum_*) and call
+        # the model's evaluate_features for the rest
+        "descriptor": {
+            "kind": "power_spectrum",
+            "version": 1,
+            "n_species": int(module.n_species),
+            "n_max": int(module.descriptor.n_max),
+            "l_max": int(module.descriptor.l_max),
+            "cutoff": float(module.cutoff),
+            "switch_width": float(module.descriptor.radial.switch_width),
+        },
         "calibration": {
             "energy_variance_scale": float(module.energy_variance_scale),
             "energy_variance_floor": float(module.energy_variance_floor),

@@ -266,7 +266,6 @@ class MLIPotential(torch.nn.Module):
         if n_local < 0 or n_local > species.shape[0]:
             raise ValueError("n_local must be between 0 and the number of atoms")
         species_index = self.species_index(species)
-        local_species = species_index[:n_local]
         if self.training:
             vectors = edge_vectors
             if not vectors.requires_grad:
@@ -274,21 +273,79 @@ class MLIPotential(torch.nn.Module):
         else:
             vectors = edge_vectors.detach().requires_grad_(True)
         features = self.standardised_features(species_index, edge_index, vectors, n_local)
+        return self._outputs(species_index, features, vectors, "edge_grad", edge_index, edge_vectors, n_local,
+                             compute_monitors, compute_force_sigma)
+
+    @torch.jit.export
+    def evaluate_features(
+        self,
+        species: torch.Tensor,
+        raw_features: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_local: int,
+        compute_monitors: bool,
+        compute_force_sigma: bool,
+    ) -> Dict[str, torch.Tensor]:
+        """``evaluate`` after the descriptor: for hosts that compute the raw power spectrum
+        themselves (the fused C++ kernel, ``mlip_power_spectrum_forward_*`` in csrc/) and map
+        feature gradients back to edges with its backward pass.
+
+        raw_features [n_local, D] (model dtype) replace the descriptor; edge_index / edge_vectors
+        are only read by the contact-distance monitors. Returns the keys of ``evaluate`` with
+        ``feature_grad`` [n_local, D] (dE/d raw_features, eV) instead of ``edge_grad``, and
+        ``member_feature_grad`` [K, n_local, D] instead of ``member_edge_grad``.
+        """
+        if not torch.is_grad_enabled():
+            raise RuntimeError(
+                "mlip_md models compute forces with autograd: call them with grad mode "
+                "enabled (not inside torch.no_grad())"
+            )
+        if raw_features.dtype != self.feature_mean.dtype:
+            raise ValueError("raw_features dtype does not match the model dtype")
+        if raw_features.dim() != 2 or raw_features.shape[0] != n_local or raw_features.shape[1] != self.n_features:
+            raise ValueError(
+                "raw_features must have shape [n_local, " + str(self.n_features) + "]"
+            )
+        if n_local < 0 or n_local > species.shape[0]:
+            raise ValueError("n_local must be between 0 and the number of atoms")
+        species_index = self.species_index(species)
+        raw = raw_features.detach().requires_grad_(True)
+        features = (raw - self.feature_mean) / self.feature_scale
+        return self._outputs(species_index, features, raw, "feature_grad", edge_index, edge_vectors, n_local,
+                             compute_monitors, compute_force_sigma)
+
+    def _outputs(
+        self,
+        species_index: torch.Tensor,
+        features: torch.Tensor,
+        target: torch.Tensor,
+        grad_name: str,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_local: int,
+        compute_monitors: bool,
+        compute_force_sigma: bool,
+    ) -> Dict[str, torch.Tensor]:
+        """Energies, gradients with respect to ``target`` (edge vectors or raw features, output
+        key ``grad_name`` and ``"member_" + grad_name``) and monitors from the standardised
+        features [n_local, D]."""
+        local_species = species_index[:n_local]
         heads = self.heads(features, local_species)
         members = heads["members"]  # [K, n]
         atomic_energy = members.mean(dim=0)
         total = atomic_energy.sum()
         grads = torch.autograd.grad(
-            [total], [vectors], create_graph=self.training, allow_unused=True,
+            [total], [target], create_graph=self.training, allow_unused=True,
             retain_graph=self.training or compute_force_sigma,
         )
-        edge_grad = grads[0]
-        if edge_grad is None:
-            edge_grad = torch.zeros_like(vectors)
+        gradient = grads[0]
+        if gradient is None:
+            gradient = torch.zeros_like(target)
         out: Dict[str, torch.Tensor] = {
             "atomic_energy": atomic_energy if self.training else atomic_energy.detach(),
             "energy": total if self.training else total.detach(),
-            "edge_grad": edge_grad,
+            grad_name: gradient,
             "energy_members": members if self.training else members.detach(),
         }
         if self.uq == "evidential":
@@ -322,14 +379,15 @@ class MLIPotential(torch.nn.Module):
                 sigma = torch.sqrt(heads["epistemic_variance"].detach() * self.force_variance_scale)
                 out["force_sigma"] = sigma.unsqueeze(1).expand(n_local, 3).contiguous()
             elif self.uq == "bll":
-                spread = self.edge_grads(heads["deviations"], vectors)  # [D, E, 3]
-                out["member_edge_grad"] = torch.cat([edge_grad.detach() + spread, edge_grad.detach() - spread], dim=0)
+                spread = self.edge_grads(heads["deviations"], target)  # [D, E, 3]
+                out["member_" + grad_name] = torch.cat([gradient.detach() + spread, gradient.detach() - spread], dim=0)
             else:
-                out["member_edge_grad"] = self.edge_grads(members, vectors)
+                out["member_" + grad_name] = self.edge_grads(members, target)
         return out
 
     def edge_grads(self, per_atom: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        """d(sum over atoms of per_atom[k])/d(edge_vectors) for every row k: [K, E, 3]."""
+        """d(sum over atoms of per_atom[k])/d(vectors) for every row k: [K, *vectors.shape]
+        (vectors: the edge vectors [E, 3] or the raw features [n, D])."""
         grads: List[torch.Tensor] = []
         for k in range(per_atom.shape[0]):
             g = torch.autograd.grad(
