@@ -15,16 +15,17 @@ HERE = Path(__file__).resolve().parent
 core = Extension(
     "mlip_md._core",
     sources=["mlip_md/_core.pyx", "csrc/src/neighbors.cpp", "csrc/src/ipi_codec.cpp",
-             "csrc/src/switching.cpp", "csrc/src/verlet.cpp"],
+             "csrc/src/switching.cpp", "csrc/src/verlet.cpp", "csrc/src/power_spectrum.cpp"],
     include_dirs=["csrc/include", numpy.get_include()],
     language="c++",
-    extra_compile_args=["-std=c++17", "-O3", "-fno-math-errno"],
+    extra_compile_args=["-std=c++17", "-O3", "-fno-math-errno", "-fopenmp-simd", "-march=native"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 
 
 class BuildPyWithPluginSources(build_py):
-    """Copy lammps_interface/ into the built package as mlip_md/lammps_interface/."""
+    """Copy lammps_interface/ into the built package as mlip_md/lammps_interface/, with the C++
+    core it compiles in (csrc/include, csrc/src: the fused descriptor kernel) as its csrc/."""
 
     def run(self):
         super().run()
@@ -34,6 +35,9 @@ class BuildPyWithPluginSources(build_py):
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("build*", "__pycache__"))
+            for part in ("include", "src"):
+                shutil.copytree(HERE / "csrc" / part, target / "csrc" / part,
+                                ignore=shutil.ignore_patterns("*.o", "__pycache__"))
 
 
 setup(ext_modules=cythonize([core], language_level=3), cmdclass={"build_py": BuildPyWithPluginSources})

@@ -508,3 +508,120 @@ def filter_neighbors(positions, i, j, shift_vectors, double cutoff, out_ij, out_
     if status != MLIP_OK:
         raise ValueError(errbuf.decode("utf-8", "replace"))
     return kept
+
+
+# ============================================================================
+# Power-spectrum descriptor (section 5 of mlip_md.h)
+# ============================================================================
+cdef extern from "mlip_md.h" nogil:
+    ctypedef struct mlip_power_spectrum_params:
+        int32_t n_species
+        int32_t n_max
+        int32_t l_max
+        double cutoff
+        double switch_width
+    int64_t mlip_power_spectrum_n_features(const mlip_power_spectrum_params *params)
+    int64_t mlip_power_spectrum_density_size(const mlip_power_spectrum_params *params)
+    int mlip_power_spectrum_forward_f64(const mlip_power_spectrum_params *params, int64_t n_local,
+                                        int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                        const int64_t *edge_index, const double *edge_vectors,
+                                        double *density, double *features, char *errbuf, size_t errbuf_len)
+    int mlip_power_spectrum_forward_f32(const mlip_power_spectrum_params *params, int64_t n_local,
+                                        int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                        const int64_t *edge_index, const float *edge_vectors,
+                                        float *density, float *features, char *errbuf, size_t errbuf_len)
+    int mlip_power_spectrum_backward_f64(const mlip_power_spectrum_params *params, int64_t n_local,
+                                         int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                         const int64_t *edge_index, const double *edge_vectors,
+                                         const double *density, int64_t n_rows, const double *feature_grad,
+                                         double *edge_grad, char *errbuf, size_t errbuf_len)
+    int mlip_power_spectrum_backward_f32(const mlip_power_spectrum_params *params, int64_t n_local,
+                                         int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                         const int64_t *edge_index, const float *edge_vectors,
+                                         const float *density, int64_t n_rows, const float *feature_grad,
+                                         float *edge_grad, char *errbuf, size_t errbuf_len)
+
+
+cdef mlip_power_spectrum_params _ps_params(params) except *:
+    cdef mlip_power_spectrum_params p
+    p.n_species, p.n_max, p.l_max, p.cutoff, p.switch_width = params
+    if mlip_power_spectrum_n_features(&p) < 0:
+        raise ValueError(f"invalid power-spectrum parameters {tuple(params)} "
+                         "(n_species, n_max, l_max, cutoff, switch_width)")
+    return p
+
+
+def _ps_common(species_index, edge_index, edge_vectors):
+    s = np.ascontiguousarray(species_index, dtype=np.int64)
+    ei = np.ascontiguousarray(edge_index, dtype=np.int64)
+    v = np.ascontiguousarray(edge_vectors)
+    if v.dtype not in (np.float64, np.float32):
+        raise ValueError(f"edge_vectors must be float64 or float32, got {v.dtype}")
+    if s.ndim != 1 or ei.ndim != 2 or ei.shape[0] != 2 or v.ndim != 2 or v.shape[1] != 3 or v.shape[0] != ei.shape[1]:
+        raise ValueError("need species_index [N], edge_index [2, E] and edge_vectors [E, 3]")
+    return s, ei, v
+
+
+def power_spectrum_forward(params, species_index, edge_index, edge_vectors, int64_t n_local):
+    """Raw ``mlip_power_spectrum_forward_*``: ``(features [n_local, D], density [n_local, Q L2])``
+    in the dtype of ``edge_vectors`` (float64 or float32). ``params`` = (n_species, n_max,
+    l_max, cutoff, switch_width)."""
+    cdef mlip_power_spectrum_params p = _ps_params(params)
+    s, ei, v = _ps_common(species_index, edge_index, edge_vectors)
+    cdef int64_t n_all = s.shape[0], n_edges = ei.shape[1]
+    features = np.empty((max(n_local, 0), mlip_power_spectrum_n_features(&p)), dtype=v.dtype)
+    density = np.empty((max(n_local, 0), mlip_power_spectrum_density_size(&p)), dtype=v.dtype)
+    cdef cnp.ndarray cs = s, cei = ei, cv = v, cf = features, cd = density
+    cdef int status
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    cdef bint single = v.dtype == np.float32
+    with nogil:
+        if single:
+            status = mlip_power_spectrum_forward_f32(&p, n_local, n_all, <const int64_t *>cs.data, n_edges,
+                                                     <const int64_t *>cei.data, <const float *>cv.data,
+                                                     <float *>cd.data, <float *>cf.data, errbuf, MLIP_ERRBUF_LEN)
+        else:
+            status = mlip_power_spectrum_forward_f64(&p, n_local, n_all, <const int64_t *>cs.data, n_edges,
+                                                     <const int64_t *>cei.data, <const double *>cv.data,
+                                                     <double *>cd.data, <double *>cf.data, errbuf, MLIP_ERRBUF_LEN)
+    if status != MLIP_OK:
+        raise ValueError(errbuf.decode("utf-8", "replace"))
+    return features, density
+
+
+def power_spectrum_backward(params, species_index, edge_index, edge_vectors, density, feature_grad,
+                            int64_t n_local):
+    """Raw ``mlip_power_spectrum_backward_*``: edge gradients [E, 3] for feature_grad
+    [n_local, D], or [K, E, 3] for [K, n_local, D]; dtype of ``edge_vectors``."""
+    cdef mlip_power_spectrum_params p = _ps_params(params)
+    s, ei, v = _ps_common(species_index, edge_index, edge_vectors)
+    d = np.ascontiguousarray(density, dtype=v.dtype)
+    g = np.ascontiguousarray(feature_grad, dtype=v.dtype)
+    batched = g.ndim == 3
+    if not batched:
+        g = g.reshape((1,) + g.shape)
+    cdef int64_t n_features = mlip_power_spectrum_n_features(&p)
+    if g.ndim != 3 or g.shape[1] != n_local or g.shape[2] != n_features:
+        raise ValueError(f"feature_grad must be [n_local, D] or [K, n_local, D] with D = {n_features}")
+    if d.shape != (n_local, mlip_power_spectrum_density_size(&p)):
+        raise ValueError("density must be the [n_local, Q L2] array of the forward pass")
+    cdef int64_t n_all = s.shape[0], n_edges = ei.shape[1], n_rows = g.shape[0]
+    out = np.empty((n_rows, n_edges, 3), dtype=v.dtype)
+    cdef cnp.ndarray cs = s, cei = ei, cv = v, cd = d, cg = g, co = out
+    cdef int status
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    cdef bint single = v.dtype == np.float32
+    with nogil:
+        if single:
+            status = mlip_power_spectrum_backward_f32(&p, n_local, n_all, <const int64_t *>cs.data, n_edges,
+                                                      <const int64_t *>cei.data, <const float *>cv.data,
+                                                      <const float *>cd.data, n_rows, <const float *>cg.data,
+                                                      <float *>co.data, errbuf, MLIP_ERRBUF_LEN)
+        else:
+            status = mlip_power_spectrum_backward_f64(&p, n_local, n_all, <const int64_t *>cs.data, n_edges,
+                                                      <const int64_t *>cei.data, <const double *>cv.data,
+                                                      <const double *>cd.data, n_rows, <const double *>cg.data,
+                                                      <double *>co.data, errbuf, MLIP_ERRBUF_LEN)
+    if status != MLIP_OK:
+        raise ValueError(errbuf.decode("utf-8", "replace"))
+    return out if batched else out[0]

@@ -501,7 +501,8 @@ MLIP_API int mlip_power_spectrum_forward_f32(const mlip_power_spectrum_params *p
  *   feature_grad    [K][n_local][D] dF_k / d features
  *   edge_grad       output [K][E][3] dF_k / d edge_vectors (eV/Angstrom for energies)
  *
- * Same inputs and checks as the forward pass. No allocation, thread-safe. */
+ * Same inputs and checks as the forward pass. Allocates K Q L2 numbers of scratch (and an
+ * [E] permutation when the centres are not sorted); thread-safe. */
 MLIP_API int mlip_power_spectrum_backward_f64(const mlip_power_spectrum_params *params, int64_t n_local,
                                               int64_t n_all, const int64_t *species_index, int64_t n_edges,
                                               const int64_t *edge_index, const double *edge_vectors,

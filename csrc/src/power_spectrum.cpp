@@ -1,0 +1,712 @@
+// Fused forward and backward pass of the built-in model's power-spectrum descriptor
+// (mlip_md.model.descriptor.PowerSpectrum); see section 5 of mlip_md.h for the definitions.
+//
+// Forward: one pass over the edges accumulates the density c_i[q][lm] += R_n Y_lm, then each
+// centre's power spectrum is formed from its density block. Backward: per centre, the feature
+// gradient is pulled back to the density (dF/dc, a few hundred numbers), then each of the
+// centre's edges gets
+//
+//   dF/dv = u sum_n A_n R_n'(r) + (G - (u . G) u) / r,
+//   A_n = sum_lm dF/dc[s n][lm] Y_lm,  B_lm = sum_n dF/dc[s n][lm] R_n,  G = sum_lm B_lm grad_u Y_lm
+//
+// (u = v / r; grad_u Y is the gradient of Y's polynomial in (x, y, z), projected onto the
+// sphere by the (I - u u^T) / r Jacobian of u(v)). The basis of an edge is computed once and
+// serves every gradient row.
+#include "mlip_md.h"
+
+#include "errors.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <new>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using mlip_detail::fail;
+
+constexpr int kMaxL = MLIP_POWER_SPECTRUM_MAX_L;
+constexpr int kMaxLM = (kMaxL + 1) * (kMaxL + 1);
+constexpr int kMaxRadial = 64;
+// Register blocking: chunks of kChunk<T> lanes (32 bytes) times kBlock rows give 8 independent
+// accumulator vectors, enough to hide the FMA latency. Lanes are padded to a multiple of kLanePad.
+template <typename T>
+constexpr int kChunk = 32 / int(sizeof(T));
+constexpr int kBlock = 4;
+constexpr int kLanePad = 16;
+
+struct Layout {
+    int S, N, L, L2, Q;
+    int64_t D;
+    double cutoff, width;
+};
+
+bool make_layout(const mlip_power_spectrum_params *p, Layout &out) {
+    if (p == nullptr) return false;
+    if (p->n_species < 1 || p->n_max < 1 || p->n_max > kMaxRadial || p->l_max < 0 || p->l_max > kMaxL) return false;
+    if (!(p->cutoff > 0.0) || !std::isfinite(p->cutoff)) return false;
+    if (!(p->switch_width > 0.0) || !(p->switch_width <= p->cutoff)) return false;
+    out.S = p->n_species;
+    out.N = p->n_max;
+    out.L = p->l_max;
+    out.L2 = (p->l_max + 1) * (p->l_max + 1);
+    out.Q = p->n_species * p->n_max;
+    out.D = int64_t(out.Q) + int64_t(out.Q) * (out.Q + 1) / 2 * (out.L + 1);
+    out.cutoff = p->cutoff;
+    out.width = p->switch_width;
+    return true;
+}
+
+// Normalisation of Y_lm (orthonormal, sqrt 2 for m != 0), column order l, m = -l..l.
+struct Norms {
+    double value[kMaxLM];
+    Norms() {
+        int k = 0;
+        for (int l = 0; l <= kMaxL; ++l)
+            for (int m = -l; m <= l; ++m) {
+                const int am = m < 0 ? -m : m;
+                double ratio = 1.0;    // (l - am)! / (l + am)!
+                for (int f = l - am + 1; f <= l + am; ++f) ratio /= f;
+                double n = std::sqrt((2 * l + 1) / (4.0 * M_PI) * ratio);
+                value[k++] = m != 0 ? n * std::sqrt(2.0) : n;
+            }
+    }
+};
+const Norms kNorms;
+
+// Recurrence constants of d^m P_l / dz^m (mlip_md.model.spherical):
+//   P[m][m] = (2m - 1)!!,  P[m+1][m] = (2m + 1) z P[m][m],
+//   P[l][m] = a z P[l-1][m] - b P[l-2][m],  a = (2l - 1) / (l - m),  b = (l + m - 1) / (l - m).
+struct LegendreTable {
+    double diagonal[kMaxL + 1];
+    double a[kMaxL + 1][kMaxL + 1], b[kMaxL + 1][kMaxL + 1];
+    LegendreTable() {
+        for (int m = 0; m <= kMaxL; ++m) {
+            double df = 1.0;
+            for (int f = 2 * m - 1; f > 1; f -= 2) df *= f;
+            diagonal[m] = df;
+        }
+        for (int l = 0; l <= kMaxL; ++l)
+            for (int m = 0; m <= kMaxL; ++m) {
+                a[l][m] = m < l ? double(2 * l - 1) / (l - m) : 0.0;
+                b[l][m] = m < l ? double(l + m - 1) / (l - m) : 0.0;
+            }
+    }
+};
+const LegendreTable kLegendre;
+
+// Real harmonics of a batch of unit vectors (lanes) by the recurrences of
+// mlip_md.model.spherical: sectoral (x + i y)^m, then d^m P_l / dz^m in z. Gradients of the
+// polynomials: d(x + i y)^m / dx = m (x + i y)^(m-1), d/dy = i m (x + i y)^(m-1), and d/dz of
+// d^m P_l/dz^m is d^(m+1) P_l/dz^(m+1). Rows of `stride` lanes: Y [L2], gY [3][L2];
+// `scratch` holds (L + 1) (L + 6) rows. Every inner loop runs over lanes and vectorises.
+template <typename T, bool Gradient>
+void harmonics(int L, int64_t lanes, int64_t stride, const T *x, const T *y, const T *z, T *Y, T *gY, T *scratch) {
+    const int L2 = (L + 1) * (L + 1);
+    T *C = scratch, *Sn = C + (L + 1) * stride;          // [L + 1] rows each
+    T *P = Sn + (L + 1) * stride;                         // row (l, m) at (l (l + 1) / 2 + m), m <= l + 1
+    auto prow = [&](int l, int m) { return P + int64_t(l * (l + 3) / 2 + m) * stride; };
+    for (int64_t k = 0; k < lanes; ++k) {
+        C[k] = T(1);
+        Sn[k] = T(0);
+    }
+    for (int m = 1; m <= L; ++m) {
+        const T *c0 = C + (m - 1) * stride, *s0 = Sn + (m - 1) * stride;
+        T *c1 = C + m * stride, *s1 = Sn + m * stride;
+#pragma omp simd
+        for (int64_t k = 0; k < lanes; ++k) {
+            c1[k] = x[k] * c0[k] - y[k] * s0[k];
+            s1[k] = x[k] * s0[k] + y[k] * c0[k];
+        }
+    }
+    for (int l = 0; l <= L; ++l) {
+        for (int m = 0; m <= l; ++m) {
+            T *out = prow(l, m);
+            if (m == l) {
+                const T d = T(kLegendre.diagonal[m]);
+                for (int64_t k = 0; k < lanes; ++k) out[k] = d;
+            } else if (m == l - 1) {
+                const T *p1 = prow(l - 1, m);
+                const T f = T(2 * m + 1);
+#pragma omp simd
+                for (int64_t k = 0; k < lanes; ++k) out[k] = z[k] * p1[k] * f;
+            } else {
+                const T *p1 = prow(l - 1, m), *p2 = prow(l - 2, m);
+                const T a = T(kLegendre.a[l][m]), b = T(kLegendre.b[l][m]);
+#pragma omp simd
+                for (int64_t k = 0; k < lanes; ++k) out[k] = a * z[k] * p1[k] - b * p2[k];
+            }
+        }
+        T *top = prow(l, l + 1);
+        for (int64_t k = 0; k < lanes; ++k) top[k] = T(0);
+    }
+    int row = 0;
+    for (int l = 0; l <= L; ++l) {
+        for (int m = -l; m <= l; ++m, ++row) {
+            const int am = m < 0 ? -m : m;
+            const T n = T(kNorms.value[row]);
+            const T *p = prow(l, am), *dp = prow(l, am + 1);
+            T *y_out = Y + row * stride;
+            if (m == 0) {
+#pragma omp simd
+                for (int64_t k = 0; k < lanes; ++k) y_out[k] = n * p[k];
+                if (Gradient) {
+                    T *gx = gY + row * stride, *gy = gx + L2 * stride, *gz = gy + L2 * stride;
+#pragma omp simd
+                    for (int64_t k = 0; k < lanes; ++k) {
+                        gx[k] = T(0);
+                        gy[k] = T(0);
+                        gz[k] = n * dp[k];
+                    }
+                }
+                continue;
+            }
+            // xy = Re or Im (x + i y)^|m|, and its x / y derivatives
+            const T *xy = (m < 0 ? Sn : C) + am * stride;
+            const T *cm = C + (am - 1) * stride, *sm = Sn + (am - 1) * stride;
+            const T fm = T(am);
+#pragma omp simd
+            for (int64_t k = 0; k < lanes; ++k) y_out[k] = n * p[k] * xy[k];
+            if (Gradient) {
+                T *gx = gY + row * stride, *gy = gx + L2 * stride, *gz = gy + L2 * stride;
+                if (m < 0) {
+#pragma omp simd
+                    for (int64_t k = 0; k < lanes; ++k) {
+                        gx[k] = n * p[k] * (fm * sm[k]);
+                        gy[k] = n * p[k] * (fm * cm[k]);
+                        gz[k] = n * dp[k] * xy[k];
+                    }
+                } else {
+#pragma omp simd
+                    for (int64_t k = 0; k < lanes; ++k) {
+                        gx[k] = n * p[k] * (fm * cm[k]);
+                        gy[k] = n * p[k] * (-fm * sm[k]);
+                        gz[k] = n * dp[k] * xy[k];
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Checks shared by forward and backward; fills `sorted` (true when the centres are
+// non-decreasing, so each centre's edges form one run).
+template <typename T>
+int check_inputs(const Layout &ly, int64_t n_local, int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                 const int64_t *edge_index, const T *vectors, bool &sorted, char *errbuf, size_t errbuf_len) {
+    if (n_local < 0 || n_all < n_local)
+        return fail(errbuf, errbuf_len, "need 0 <= n_local <= n_all, got n_local=%lld n_all=%lld",
+                    (long long)n_local, (long long)n_all);
+    if (n_edges < 0) return fail(errbuf, errbuf_len, "n_edges must be >= 0");
+    if (n_all > 0 && species_index == nullptr) return fail(errbuf, errbuf_len, "species_index is NULL");
+    if (n_edges > 0 && (edge_index == nullptr || vectors == nullptr))
+        return fail(errbuf, errbuf_len, "edge_index or edge_vectors is NULL");
+    for (int64_t a = 0; a < n_all; ++a)
+        if (species_index[a] < 0 || species_index[a] >= ly.S)
+            return fail(errbuf, errbuf_len, "atom %lld has species index %lld, outside 0..%d", (long long)a,
+                        (long long)species_index[a], ly.S - 1);
+    sorted = true;
+    for (int64_t e = 0; e < n_edges; ++e) {
+        const int64_t i = edge_index[e], j = edge_index[n_edges + e];
+        if (i < 0 || i >= n_local)
+            return fail(errbuf, errbuf_len, "edge %lld: centre %lld is not a local atom (0..%lld)", (long long)e,
+                        (long long)i, (long long)n_local - 1);
+        if (j < 0 || j >= n_all)
+            return fail(errbuf, errbuf_len, "edge %lld: neighbour %lld is outside 0..%lld", (long long)e,
+                        (long long)j, (long long)n_all - 1);
+        const T *v = vectors + 3 * e;
+        const double r2 = double(v[0]) * v[0] + double(v[1]) * v[1] + double(v[2]) * v[2];
+        if (!std::isfinite(r2))
+            return fail(errbuf, errbuf_len, "edge %lld (atoms %lld-%lld): edge vector is not finite", (long long)e,
+                        (long long)i, (long long)j);
+        if (!(r2 > 0.0))
+            return fail(errbuf, errbuf_len,
+                        "edge %lld: atoms %lld and %lld sit on top of each other (zero edge vector)", (long long)e,
+                        (long long)i, (long long)j);
+        if (e > 0 && i < edge_index[e - 1]) sorted = false;
+    }
+    return MLIP_OK;
+}
+
+// Edges grouped by centre: identity when sorted, else a stable counting sort.
+struct EdgeOrder {
+    std::vector<int64_t> perm;
+    int64_t operator[](int64_t k) const { return perm.empty() ? k : perm[k]; }
+    void build(bool sorted, int64_t n_local, int64_t n_edges, const int64_t *centres) {
+        if (sorted) return;
+        std::vector<int64_t> start(n_local + 1, 0);
+        for (int64_t e = 0; e < n_edges; ++e) ++start[centres[e] + 1];
+        std::partial_sum(start.begin(), start.end(), start.begin());
+        perm.resize(n_edges);
+        for (int64_t e = 0; e < n_edges; ++e) perm[start[centres[e]]++] = e;
+    }
+};
+
+template <typename T>
+void features_of_centre(const Layout &ly, const T *c, T *f) {
+    const int Q = ly.Q, L2 = ly.L2;
+    for (int q = 0; q < Q; ++q) f[q] = c[q * L2];
+    T *out = f + Q;
+    for (int l = 0; l <= ly.L; ++l) {
+        const T w = T(1.0 / std::sqrt(2.0 * l + 1.0));
+        const int lo = l * l, hi = (l + 1) * (l + 1);
+        for (int q = 0; q < Q; ++q) {
+            const T *a = c + q * L2;
+            for (int p = q; p < Q; ++p) {
+                const T *b = c + p * L2;
+                T s = 0;
+#pragma omp simd reduction(+ : s)
+                for (int m = lo; m < hi; ++m) s += a[m] * b[m];
+                *out++ = s * w;
+            }
+        }
+    }
+}
+
+// dF/dc [Q][L2] of one centre from dF/dfeatures [D].
+template <typename T>
+void density_grad_of_centre(const Layout &ly, const T *c, const T *g, T *dc) {
+    const int Q = ly.Q, L2 = ly.L2;
+    std::fill(dc, dc + Q * L2, T(0));
+    for (int q = 0; q < Q; ++q) dc[q * L2] = g[q];
+    const T *gp = g + Q;
+    for (int l = 0; l <= ly.L; ++l) {
+        const T w = T(1.0 / std::sqrt(2.0 * l + 1.0));
+        const int lo = l * l, hi = (l + 1) * (l + 1);
+        for (int q = 0; q < Q; ++q) {
+            const T *a = c + q * L2;
+            T *da = dc + q * L2;
+            for (int p = q; p < Q; ++p) {
+                const T gw = *gp++ * w;
+                if (gw == T(0)) continue;
+                const T *b = c + p * L2;
+                T *db = dc + p * L2;
+                for (int m = lo; m < hi; ++m) {
+                    da[m] += gw * b[m];
+                    db[m] += gw * a[m];
+                }
+            }
+        }
+    }
+}
+
+// Calls f(std::integral_constant<int, L>) for the runtime l_max, so the per-edge loops see
+// L2 = (L + 1)^2 as a constant.
+template <typename F>
+void with_l_max(int l_max, F &&f) {
+    switch (l_max) {
+        case 0: f(std::integral_constant<int, 0>{}); break;
+        case 1: f(std::integral_constant<int, 1>{}); break;
+        case 2: f(std::integral_constant<int, 2>{}); break;
+        case 3: f(std::integral_constant<int, 3>{}); break;
+        case 4: f(std::integral_constant<int, 4>{}); break;
+        case 5: f(std::integral_constant<int, 5>{}); break;
+        case 6: f(std::integral_constant<int, 6>{}); break;
+        case 7: f(std::integral_constant<int, 7>{}); break;
+        default: f(std::integral_constant<int, 8>{}); break;
+    }
+}
+
+// The basis of one centre's edges in structure-of-arrays form, lanes = edges, padded to a
+// multiple of kLanePad with lanes beyond the cutoff (whose basis functions are exactly 0):
+//   u [3][lanes] unit vectors, r [lanes] (Angstrom),
+//   R, dR [Q][lanes]: R_n(r), dR_n/dr in the row q = s N + n of the edge's species s, 0 in others,
+//   Y [L2][lanes], gY [3][L2][lanes]: harmonics and their polynomial gradients.
+template <typename T>
+struct CentreBasis {
+    int64_t lanes = 0, capacity = 0;
+    std::vector<T> u, r, sin1, cos1, R, dR, Rn, dRn, Y, gY, work, harmonic_scratch;
+    std::vector<int64_t> species, edges;
+    void reserve(const Layout &ly, int64_t n) {
+        const int64_t c = (n + 15) / 16 * 16;
+        if (c <= capacity) return;
+        capacity = c;
+        for (std::vector<T> *v : {&r, &sin1, &cos1}) v->assign(c, T(0));
+        u.assign(3 * c, T(0));
+        R.assign(int64_t(ly.Q) * c, T(0));
+        dR.assign(int64_t(ly.Q) * c, T(0));
+        Rn.assign(int64_t(ly.N) * c, T(0));
+        dRn.assign(int64_t(ly.N) * c, T(0));
+        Y.assign(int64_t(ly.L2) * c, T(0));
+        gY.assign(3 * int64_t(ly.L2) * c, T(0));
+        work.assign(7 * c, T(0));
+        harmonic_scratch.assign(int64_t(ly.L + 1) * (ly.L + 6) * c, T(0));
+        species.assign(c, 0);
+        edges.assign(c, 0);
+    }
+};
+
+// Fill `b` with the basis of the edges order[first..last) (all of one centre).
+template <typename T, int L, bool Gradient>
+void centre_basis(const Layout &ly, const int64_t *species_index, const int64_t *neighbours, const T *vectors,
+                  const EdgeOrder &order, int64_t first, int64_t last, CentreBasis<T> &b) {
+    const int N = ly.N;
+    const int64_t n = last - first;
+    b.reserve(ly, n);
+    const int64_t lanes = (n + kLanePad - 1) / kLanePad * kLanePad;
+    b.lanes = lanes;
+    const int64_t c = b.capacity;
+    T *ux = b.u.data(), *uy = ux + c, *uz = uy + c;
+    for (int64_t k = 0; k < lanes; ++k) {
+        if (k < n) {
+            const int64_t e = order[first + k];
+            const T *v = vectors + 3 * e;
+            const T rr = T(std::sqrt(double(v[0]) * v[0] + double(v[1]) * v[1] + double(v[2]) * v[2]));
+            // the unit vector in the model's precision T, as u = v / r in the torch model
+            ux[k] = v[0] / rr;
+            uy[k] = v[1] / rr;
+            uz[k] = v[2] / rr;
+            b.r[k] = rr;
+            b.edges[k] = e;
+            b.species[k] = species_index[neighbours[e]];
+            const double theta = M_PI * double(rr) / ly.cutoff;
+            b.sin1[k] = T(std::sin(theta));
+            b.cos1[k] = T(std::cos(theta));
+        } else {
+            ux[k] = T(0);
+            uy[k] = T(0);
+            uz[k] = T(1);
+            b.r[k] = T(2 * ly.cutoff);
+            b.edges[k] = -1;
+            b.species[k] = -1;
+            b.sin1[k] = T(0);
+            b.cos1[k] = T(1);
+        }
+    }
+    const T r_on = T(ly.cutoff - ly.width), inv_width = T(1.0 / ly.width);
+    const T pref = T(std::sqrt(2.0 / ly.cutoff)), k1 = T(M_PI / ly.cutoff);
+    T *Rn = b.Rn.data(), *dRn = b.dRn.data();
+    T *s_prev = b.work.data(), *s_cur = s_prev + c, *c_prev = s_cur + c, *c_cur = c_prev + c;
+    T *env = c_cur + c, *denv = env + c, *env_k = denv + c;    // envelope pref fc / r, its r-derivative, pref fc / r
+    const T *r = b.r.data(), *cos1 = b.cos1.data();
+    // smooth cutoff f_c, envelope pref f_c / r and its derivative; sin(n theta), cos(n theta) by
+    // the Chebyshev recurrence: R_n = sin(n theta) env, dR_n/dr = k_n cos(n theta) env + sin(n theta) denv
+#pragma omp simd
+    for (int64_t k = 0; k < lanes; ++k) {
+        T t = (r[k] - r_on) * inv_width;
+        t = t < T(0) ? T(0) : (t > T(1) ? T(1) : t);
+        const T fc = T(1) - t * t * t * (T(10) - T(15) * t + T(6) * t * t);
+        const T dfc = -T(30) * t * t * (T(1) - t) * (T(1) - t) * inv_width;
+        const T inv_r = T(1) / r[k];
+        env[k] = pref * fc * inv_r;
+        denv[k] = pref * (dfc - fc * inv_r) * inv_r;
+        s_prev[k] = T(0);
+        s_cur[k] = b.sin1[k];
+        c_prev[k] = T(1);
+        c_cur[k] = cos1[k];
+    }
+    for (int nn = 0; nn < N; ++nn) {
+        const T kn = k1 * T(nn + 1);
+        T *Rrow = Rn + int64_t(nn) * c, *dRrow = dRn + int64_t(nn) * c;
+#pragma omp simd
+        for (int64_t k = 0; k < lanes; ++k) {
+            const T sv = s_cur[k], cv = c_cur[k];
+            Rrow[k] = sv * env[k];
+            if (Gradient) dRrow[k] = kn * cv * env[k] + sv * denv[k];
+            const T s_next = T(2) * cos1[k] * sv - s_prev[k];
+            const T c_next = T(2) * cos1[k] * cv - c_prev[k];
+            s_prev[k] = sv;
+            s_cur[k] = s_next;
+            c_prev[k] = cv;
+            c_cur[k] = c_next;
+        }
+    }
+    (void)env_k;
+    // rows per species: R[s N + n] = R_n on edges to species s, 0 on the others
+    for (int s = 0; s < ly.S; ++s)
+        for (int nn = 0; nn < N; ++nn) {
+            T *Rq = b.R.data() + int64_t(s * N + nn) * c, *dRq = b.dR.data() + int64_t(s * N + nn) * c;
+            const T *Rrow = Rn + int64_t(nn) * c, *dRrow = dRn + int64_t(nn) * c;
+            const int64_t *species = b.species.data();
+#pragma omp simd
+            for (int64_t k = 0; k < lanes; ++k) {
+                const bool mine = species[k] == s || (ly.S == 1);
+                Rq[k] = mine ? Rrow[k] : T(0);
+                if (Gradient) dRq[k] = mine ? dRrow[k] : T(0);
+            }
+        }
+    harmonics<T, Gradient>(ly.L, lanes, c, ux, uy, uz, b.Y.data(), b.gY.data(), b.harmonic_scratch.data());
+}
+
+// Runs of `order` with one centre: calls f(centre, first, last) for each.
+template <typename F>
+void for_each_centre(int64_t n_edges, const int64_t *centres, const EdgeOrder &order, F &&f) {
+    int64_t first = 0;
+    while (first < n_edges) {
+        const int64_t i = centres[order[first]];
+        int64_t last = first + 1;
+        while (last < n_edges && centres[order[last]] == i) ++last;
+        f(i, first, last);
+        first = last;
+    }
+}
+
+// acc[r][j] += sum_t coef[r * row_stride + t * term_stride] * basis[t * basis_stride + j]
+// for Rows rows, n_terms terms and the kChunk<T> lanes j of one chunk.
+template <typename T, int Rows>
+inline __attribute__((always_inline)) void combine_rows(const T *coef, int row_stride, int term_stride, int n_terms,
+                                                        const T *basis, int64_t basis_stride,
+                                                        T (&acc)[Rows][kChunk<T>]) {
+    constexpr int W = kChunk<T>;
+    for (int t = 0; t < n_terms; ++t) {
+        const T *bt = basis + t * basis_stride;
+        for (int r = 0; r < Rows; ++r) {
+            const T w = coef[r * row_stride + t * term_stride];
+#pragma omp simd
+            for (int j = 0; j < W; ++j) acc[r][j] += w * bt[j];
+        }
+    }
+}
+
+// density[i][q][lm] = sum over the edges of i of R[q] Y[lm].
+template <typename T, int L>
+void accumulate_density(const Layout &ly, const int64_t *species_index, int64_t n_edges, const int64_t *edge_index,
+                        const T *vectors, const EdgeOrder &order, T *density) {
+    constexpr int L2 = (L + 1) * (L + 1);
+    const int Q = ly.Q;
+    CentreBasis<T> b;
+    for_each_centre(n_edges, edge_index, order, [&](int64_t i, int64_t first, int64_t last) {
+        centre_basis<T, L, false>(ly, species_index, edge_index + n_edges, vectors, order, first, last, b);
+        const int64_t c = b.capacity, lanes = b.lanes;
+        T *dens = density + i * int64_t(Q) * L2;
+        constexpr int W = kChunk<T>;
+        for (int q = 0; q < Q; ++q) {
+            const T *Rq = b.R.data() + int64_t(q) * c;
+            int lm0 = 0;
+            for (; lm0 + kBlock <= L2; lm0 += kBlock) {
+                T acc[kBlock][W] = {};
+                for (int64_t k0 = 0; k0 < lanes; k0 += W)
+                    for (int r = 0; r < kBlock; ++r) {
+                        const T *Y = b.Y.data() + int64_t(lm0 + r) * c + k0;
+#pragma omp simd
+                        for (int j = 0; j < W; ++j) acc[r][j] += Rq[k0 + j] * Y[j];
+                    }
+                for (int r = 0; r < kBlock; ++r) {
+                    T sum = 0;
+                    for (int j = 0; j < W; ++j) sum += acc[r][j];
+                    dens[q * L2 + lm0 + r] = sum;
+                }
+            }
+            for (; lm0 < L2; ++lm0) {
+                const T *Y = b.Y.data() + int64_t(lm0) * c;
+                T acc[W] = {};
+                for (int64_t k0 = 0; k0 < lanes; k0 += W)
+#pragma omp simd
+                    for (int j = 0; j < W; ++j) acc[j] += Rq[k0 + j] * Y[k0 + j];
+                T sum = 0;
+                for (int j = 0; j < W; ++j) sum += acc[j];
+                dens[q * L2 + lm0] = sum;
+            }
+        }
+    });
+}
+
+// edge_grad[row][e] from the feature gradients, centre by centre.
+template <typename T, int L>
+void pull_back_edges(const Layout &ly, int64_t n_local, const int64_t *species_index, int64_t n_edges,
+                     const int64_t *edge_index, const T *vectors, const T *density, int64_t n_rows,
+                     const T *feature_grad, const EdgeOrder &order, T *dc, T *edge_grad) {
+    constexpr int L2 = (L + 1) * (L + 1);
+    const int Q = ly.Q;
+    const int64_t block = int64_t(Q) * L2;
+    CentreBasis<T> b;
+    std::vector<T> scratch;
+    for_each_centre(n_edges, edge_index, order, [&](int64_t i, int64_t first, int64_t last) {
+        centre_basis<T, L, true>(ly, species_index, edge_index + n_edges, vectors, order, first, last, b);
+        const int64_t c = b.capacity, lanes = b.lanes, n = last - first;
+        if (int64_t(scratch.size()) < 6 * c) scratch.assign(6 * c, T(0));
+        T *radial_sum = scratch.data(), *G = radial_sum + c;
+        const T *ux = b.u.data(), *uy = ux + c, *uz = uy + c;
+        for (int64_t row = 0; row < n_rows; ++row) {
+            density_grad_of_centre(ly, density + i * block, feature_grad + (row * n_local + i) * ly.D, dc);
+            constexpr int W = kChunk<T>;
+            for (int64_t k0 = 0; k0 < lanes; k0 += W) {
+                // radial part: sum_q (sum_lm dF/dc[q][lm] Y[lm]) dR[q], kBlock rows q at a time
+                T rs[W] = {};
+                const T *Yk = b.Y.data() + k0;
+                int q0 = 0;
+                for (; q0 + kBlock <= Q; q0 += kBlock) {
+                    T acc[kBlock][W] = {};
+                    combine_rows<T, kBlock>(dc + q0 * L2, L2, 1, L2, Yk, c, acc);
+                    for (int r = 0; r < kBlock; ++r) {
+                        const T *dRq = b.dR.data() + int64_t(q0 + r) * c + k0;
+#pragma omp simd
+                        for (int j = 0; j < W; ++j) rs[j] += acc[r][j] * dRq[j];
+                    }
+                }
+                for (; q0 < Q; ++q0) {
+                    T acc[1][W] = {};
+                    combine_rows<T, 1>(dc + q0 * L2, L2, 1, L2, Yk, c, acc);
+                    const T *dRq = b.dR.data() + int64_t(q0) * c + k0;
+#pragma omp simd
+                    for (int j = 0; j < W; ++j) rs[j] += acc[0][j] * dRq[j];
+                }
+                // angular part: G = sum_lm (sum_q dF/dc[q][lm] R[q]) grad_u Y[lm], kBlock rows lm at a time
+                T gx[W] = {}, gy[W] = {}, gz[W] = {};
+                const T *Rk = b.R.data() + k0;
+                auto add_gradient = [&](const T *acc_row, int lm) {
+                    const T *ax = b.gY.data() + int64_t(lm) * c + k0, *ay = ax + int64_t(L2) * c,
+                            *az = ay + int64_t(L2) * c;
+#pragma omp simd
+                    for (int j = 0; j < W; ++j) {
+                        gx[j] += acc_row[j] * ax[j];
+                        gy[j] += acc_row[j] * ay[j];
+                        gz[j] += acc_row[j] * az[j];
+                    }
+                };
+                int lm0 = 0;
+                for (; lm0 + kBlock <= L2; lm0 += kBlock) {
+                    T acc[kBlock][W] = {};
+                    combine_rows<T, kBlock>(dc + lm0, 1, L2, Q, Rk, c, acc);
+                    for (int r = 0; r < kBlock; ++r) add_gradient(acc[r], lm0 + r);
+                }
+                for (; lm0 < L2; ++lm0) {
+                    T acc[1][W] = {};
+                    combine_rows<T, 1>(dc + lm0, 1, L2, Q, Rk, c, acc);
+                    add_gradient(acc[0], lm0);
+                }
+                for (int j = 0; j < W; ++j) {
+                    radial_sum[k0 + j] = rs[j];
+                    G[k0 + j] = gx[j];
+                    G[c + k0 + j] = gy[j];
+                    G[2 * c + k0 + j] = gz[j];
+                }
+            }
+            T *out = edge_grad + row * n_edges * 3;
+            for (int64_t k = 0; k < n; ++k) {
+                const T u[3] = {ux[k], uy[k], uz[k]};
+                const T g[3] = {G[k], G[c + k], G[2 * c + k]};
+                const T uG = u[0] * g[0] + u[1] * g[1] + u[2] * g[2];
+                T *o = out + 3 * b.edges[k];
+                for (int a = 0; a < 3; ++a) o[a] = u[a] * radial_sum[k] + (g[a] - uG * u[a]) / b.r[k];
+            }
+        }
+    });
+}
+
+template <typename T>
+int forward(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n_all, const int64_t *species_index,
+            int64_t n_edges, const int64_t *edge_index, const T *vectors, T *density, T *features, char *errbuf,
+            size_t errbuf_len) {
+    Layout ly;
+    if (!make_layout(params, ly))
+        return fail(errbuf, errbuf_len,
+                    "invalid power-spectrum parameters (need n_species >= 1, 1 <= n_max <= %d, "
+                    "0 <= l_max <= %d, cutoff > 0, 0 < switch_width <= cutoff)", kMaxRadial, kMaxL);
+    bool sorted = true;
+    int status = check_inputs(ly, n_local, n_all, species_index, n_edges, edge_index, vectors, sorted, errbuf,
+                              errbuf_len);
+    if (status != MLIP_OK) return status;
+    if (n_local > 0 && (density == nullptr || features == nullptr))
+        return fail(errbuf, errbuf_len, "density or features output is NULL");
+    std::fill(density, density + n_local * int64_t(ly.Q) * ly.L2, T(0));
+    EdgeOrder order;
+    order.build(sorted, n_local, n_edges, edge_index);
+    with_l_max(ly.L, [&](auto l) {
+        accumulate_density<T, decltype(l)::value>(ly, species_index, n_edges, edge_index, vectors, order, density);
+    });
+    const int64_t block = int64_t(ly.Q) * ly.L2;
+    for (int64_t i = 0; i < n_local; ++i) features_of_centre(ly, density + i * block, features + i * ly.D);
+    return MLIP_OK;
+}
+
+template <typename T>
+int backward(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n_all, const int64_t *species_index,
+             int64_t n_edges, const int64_t *edge_index, const T *vectors, const T *density, int64_t n_rows,
+             const T *feature_grad, T *edge_grad, char *errbuf, size_t errbuf_len) {
+    Layout ly;
+    if (!make_layout(params, ly)) return fail(errbuf, errbuf_len, "invalid power-spectrum parameters");
+    bool sorted = true;
+    int status = check_inputs(ly, n_local, n_all, species_index, n_edges, edge_index, vectors, sorted, errbuf,
+                              errbuf_len);
+    if (status != MLIP_OK) return status;
+    if (n_rows < 1) return fail(errbuf, errbuf_len, "n_rows must be >= 1, got %lld", (long long)n_rows);
+    if (n_edges == 0) return MLIP_OK;
+    if (density == nullptr || feature_grad == nullptr || edge_grad == nullptr)
+        return fail(errbuf, errbuf_len, "density, feature_grad or edge_grad is NULL");
+    EdgeOrder order;
+    std::vector<T> dc;
+    try {
+        order.build(sorted, n_local, n_edges, edge_index);
+        dc.resize(size_t(ly.Q) * ly.L2);
+    } catch (std::bad_alloc &) {
+        return MLIP_ERR_OUT_OF_MEMORY;
+    }
+    with_l_max(ly.L, [&](auto l) {
+        pull_back_edges<T, decltype(l)::value>(ly, n_local, species_index, n_edges, edge_index, vectors, density,
+                                                n_rows, feature_grad, order, dc.data(), edge_grad);
+    });
+    return MLIP_OK;
+}
+
+template <typename F>
+int guarded(F &&body, char *errbuf, size_t errbuf_len) {
+    try {
+        return body();
+    } catch (std::bad_alloc &) {
+        fail(errbuf, errbuf_len, "out of memory in the power-spectrum kernel");
+        return MLIP_ERR_OUT_OF_MEMORY;
+    } catch (...) {
+        fail(errbuf, errbuf_len, "internal error in the power-spectrum kernel");
+        return MLIP_ERR_INTERNAL;
+    }
+}
+
+}    // namespace
+
+extern "C" {
+
+int64_t mlip_power_spectrum_n_features(const mlip_power_spectrum_params *params) {
+    Layout ly;
+    return make_layout(params, ly) ? ly.D : -1;
+}
+
+int64_t mlip_power_spectrum_density_size(const mlip_power_spectrum_params *params) {
+    Layout ly;
+    return make_layout(params, ly) ? int64_t(ly.Q) * ly.L2 : -1;
+}
+
+int mlip_power_spectrum_forward_f64(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n_all,
+                                    const int64_t *species_index, int64_t n_edges, const int64_t *edge_index,
+                                    const double *edge_vectors, double *density, double *features, char *errbuf,
+                                    size_t errbuf_len) {
+    return guarded([&] { return forward<double>(params, n_local, n_all, species_index, n_edges, edge_index,
+                                                edge_vectors, density, features, errbuf, errbuf_len); },
+                   errbuf, errbuf_len);
+}
+
+int mlip_power_spectrum_forward_f32(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n_all,
+                                    const int64_t *species_index, int64_t n_edges, const int64_t *edge_index,
+                                    const float *edge_vectors, float *density, float *features, char *errbuf,
+                                    size_t errbuf_len) {
+    return guarded([&] { return forward<float>(params, n_local, n_all, species_index, n_edges, edge_index,
+                                               edge_vectors, density, features, errbuf, errbuf_len); },
+                   errbuf, errbuf_len);
+}
+
+int mlip_power_spectrum_backward_f64(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n_all,
+                                     const int64_t *species_index, int64_t n_edges, const int64_t *edge_index,
+                                     const double *edge_vectors, const double *density, int64_t n_rows,
+                                     const double *feature_grad, double *edge_grad, char *errbuf,
+                                     size_t errbuf_len) {
+    return guarded([&] { return backward<double>(params, n_local, n_all, species_index, n_edges, edge_index,
+                                                 edge_vectors, density, n_rows, feature_grad, edge_grad, errbuf,
+                                                 errbuf_len); },
+                   errbuf, errbuf_len);
+}
+
+int mlip_power_spectrum_backward_f32(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n_all,
+                                     const int64_t *species_index, int64_t n_edges, const int64_t *edge_index,
+                                     const float *edge_vectors, const float *density, int64_t n_rows,
+                                     const float *feature_grad, float *edge_grad, char *errbuf,
+                                     size_t errbuf_len) {
+    return guarded([&] { return backward<float>(params, n_local, n_all, species_index, n_edges, edge_index,
+                                                edge_vectors, density, n_rows, feature_grad, edge_grad, errbuf,
+                                                errbuf_len); },
+                   errbuf, errbuf_len);
+}
+
+}    // extern "C"
