@@ -272,6 +272,9 @@ def _add_ipi(sub) -> None:
                    "--model serves what it does not cover (force sigma). --model m.pt2 alone also works")
     p.add_argument("--skin", type=float, default=0.5,
                    help="Å: reuse the neighbour list until an atom moved more than skin/2 (0: rebuild every step)")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                   help="descriptor in the fused C++ kernel (default: whenever the model and device support it, "
+                   "not with --compiled); --fused requires it, --no-fused runs the TorchScript descriptor")
     p.set_defaults(func=cmd_ipi)
 
 
@@ -292,12 +295,16 @@ def cmd_ipi(args) -> int:
 
         evaluator = hybrid_evaluator(args.hybrid, comm)
     else:
-        predictor = Predictor(args.model, device=args.device, skin=args.skin, compiled=args.compiled)
+        predictor = Predictor(args.model, device=args.device, skin=args.skin, compiled=args.compiled,
+                              fused=args.fused)
         evaluator = predictor if comm is None else ParallelPredictor(predictor, comm)
         import os
 
+        from .model.fused import FusedModel
+
         description = "; model {}{}, neighbour-list skin {:g} Å, malloc {}".format(
-            predictor.model.path, " (compiled)" if args.compiled or str(args.model).endswith(".pt2") else "",
+            predictor.model.path, " (compiled)" if args.compiled or str(args.model).endswith(".pt2") else
+            " (fused descriptor)" if isinstance(predictor.model, FusedModel) else "",
             args.skin, os.environ.get("GLIBC_TUNABLES", "glibc defaults"))
     if rank > 0:
         evaluator.serve()

@@ -82,9 +82,17 @@ class Predictor:
     """
 
     def __init__(self, model: Union[ExportedModel, str, Path, None] = None, device: str = "cpu",
-                 skin: float = 0.0, compiled: Union[str, Path, None] = None):
+                 skin: float = 0.0, compiled: Union[str, Path, None] = None, fused: Optional[bool] = None):
         """``skin`` (Å) > 0 reuses the neighbour list between calls (:class:`mlip_md.verlet.VerletList`);
-        ``compiled``: a ``.pt2`` package of ``model`` (``mlip-md compile``) to evaluate instead."""
+        ``compiled``: a ``.pt2`` package of ``model`` (``mlip-md compile``) to evaluate instead;
+        ``fused``: run the descriptor in the fused C++ kernel (:mod:`mlip_md.model.fused`):
+        None = when the model and device support it (not with ``compiled``), True = required
+        (FusedModelError otherwise), False = never."""
+        if compiled is not None and fused:
+            from .model.fused import FusedModelError
+
+            raise FusedModelError("fused=True and compiled= are alternatives (the .pt2 package evaluates its own "
+                                  "descriptor); pass one of them")
         if compiled is not None:
             from .model.compiled import load_compiled
 
@@ -94,6 +102,10 @@ class Predictor:
             self.model = model.to(device)
         else:
             self.model = load_model(model, device=device)
+        if compiled is None:
+            from .model.fused import maybe_fused
+
+            self.model = maybe_fused(self.model, fused)
         self.device = device
         self.verlet = VerletList(self.model.cutoff, skin) if skin > 0 else None
         calibration = self.model.metadata.get("calibration", {})

@@ -72,6 +72,8 @@ class MLIPCalculator(Calculator):
     compiled: a ``.pt2`` package of ``model`` (``mlip-md compile``) evaluated instead of the
         TorchScript file (about 2x faster on the CPU; ``model`` serves what it does not cover).
         ``model="m.pt2"`` alone also works.
+    fused: descriptor in the fused C++ kernel (mlip_md.model.fused): None = whenever the model
+        and device support it (the default on the CPU), True = required, False = TorchScript only.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", *EXTRA_OUTPUTS]
@@ -86,12 +88,13 @@ class MLIPCalculator(Calculator):
         monitor=None,
         skin: float = 0.0,
         compiled: Union[str, Path, None] = None,
+        fused: Optional[bool] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if close_contact not in CLOSE_CONTACT_ACTIONS:
             raise ValueError(f"close_contact must be one of {CLOSE_CONTACT_ACTIONS}, got {close_contact!r}")
-        self.predictor = Predictor(model, device=device, skin=skin, compiled=compiled)
+        self.predictor = Predictor(model, device=device, skin=skin, compiled=compiled, fused=fused)
         self.monitors = monitors
         self.force_sigma = force_sigma
         self.close_contact = close_contact

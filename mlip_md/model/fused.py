@@ -1,0 +1,168 @@
+"""Fused descriptor kernel for the Python engines: the power spectrum and its backward pass
+run in C++ (``mlip_power_spectrum_*`` in csrc/, reached through ``mlip_md._core``), the rest
+of the model (readout, ensemble, monitors) in its TorchScript ``evaluate_features`` method.
+
+>>> model = FusedModel(load_model("cu.pt"))              # or Predictor("cu.pt") (auto)
+>>> out = model(species, edge_index, edge_vectors, n_local, monitors=False)
+>>> out["edge_grad"]                                     # [E, 3], as from the .pt
+
+A call is: C forward (raw features [n_local, D] and the density workspace) ->
+``module.evaluate_features`` (energies, dE/d features, monitors) -> one C backward over the
+mean row and, with ``force_sigma``, the K member rows -> ``edge_grad`` [E, 3] and
+``member_edge_grad`` [K, E, 3]. Same keys, units (eV, Å) and shapes as
+:meth:`ExportedModel.__call__ <mlip_md.model.io.ExportedModel.__call__>`.
+
+The kernel is CPU-only and needs a model file with a ``descriptor`` block in its metadata and
+the ``evaluate_features`` method (files written by mlip_md >= the version that added them;
+:func:`mlip_md.model.io.reexport` upgrades older ones). :func:`fused_unsupported_reason` says
+why a model cannot use it; :func:`check_fused` raises that as a :class:`FusedModelError`.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from ..errors import ModelFileError, UnknownElementError
+from .io import ExportedModel
+
+DESCRIPTOR_KIND = "power_spectrum"
+DESCRIPTOR_VERSION = 1
+NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
+
+
+class FusedModelError(ModelFileError, ValueError):
+    """The fused descriptor kernel was requested for a model or device it cannot serve."""
+
+
+def _kernel():
+    """The compiled core if it carries the power-spectrum kernel, else None."""
+    from .._native import core
+
+    if hasattr(core, "power_spectrum_forward") and hasattr(core, "power_spectrum_backward"):
+        return core
+    return None
+
+
+def fused_unsupported_reason(model, device: Optional[str] = None) -> Optional[str]:
+    """None when ``model`` (an ExportedModel) can run with the fused kernel on ``device``
+    (default: the model's device); otherwise why not, and what to do instead."""
+    from .compiled import CompiledModel
+
+    if isinstance(model, FusedModel):
+        return None
+    if isinstance(model, CompiledModel):
+        return (f"{model.path} is a compiled package (.pt2), which evaluates its own descriptor; "
+                "use the .pt model with fused=True, or the package with fused=False")
+    device = torch.device(device if device is not None else model.device)
+    if device.type != "cpu":
+        return (f"the fused descriptor kernel runs on the CPU only, the model is on {device}; "
+                "use fused=False (--no-fused) on this device")
+    descriptor = model.metadata.get("descriptor")
+    if not isinstance(descriptor, dict):
+        return (f"model file {model.path} has no descriptor block in its metadata (written by an older "
+                "mlip_md); re-export it with mlip_md.model.io.reexport(old, new), or use fused=False")
+    if descriptor.get("kind") != DESCRIPTOR_KIND or descriptor.get("version") != DESCRIPTOR_VERSION:
+        return (f"model file {model.path} uses descriptor {descriptor.get('kind')!r} version "
+                f"{descriptor.get('version')!r}; the fused kernel implements {DESCRIPTOR_KIND!r} version "
+                f"{DESCRIPTOR_VERSION} only: use fused=False")
+    if model.module is None or not hasattr(model.module, "evaluate_features"):
+        return (f"model file {model.path} has no evaluate_features method (written by an older mlip_md); "
+                "re-export it with mlip_md.model.io.reexport(old, new), or use fused=False")
+    if _kernel() is None:
+        return ("mlip_md's compiled core was built without the power-spectrum kernel; rebuild it "
+                "(pip install -e . or python setup.py build_ext --inplace), or use fused=False")
+    return None
+
+
+def check_fused(model, device: Optional[str] = None) -> None:
+    """Raise :class:`FusedModelError` when ``model`` cannot use the fused kernel."""
+    reason = fused_unsupported_reason(model, device)
+    if reason is not None:
+        raise FusedModelError(f"fused descriptor kernel not available: {reason}")
+
+
+class FusedModel(ExportedModel):
+    """An :class:`ExportedModel` whose descriptor runs in the fused C++ kernel (same
+    properties, same call, same outputs). ``self.module`` is the TorchScript module it shares
+    with the wrapped model."""
+
+    def __init__(self, model: ExportedModel):
+        check_fused(model)
+        super().__init__(model.module, model.metadata, model.path)
+        self.device = torch.device("cpu")
+        self.kernel = _kernel()
+        d = self.metadata["descriptor"]
+        #: (n_species, n_max, l_max, cutoff Å, switch_width Å), the kernel's parameter tuple
+        self.params = (int(d["n_species"]), int(d["n_max"]), int(d["l_max"]), float(d["cutoff"]),
+                       float(d["switch_width"]))
+        table = np.full(max(self.atomic_numbers) + 1, -1, dtype=np.int64)
+        table[self.atomic_numbers] = np.arange(len(self.atomic_numbers))
+        self._species_table = table
+
+    @classmethod
+    def load(cls, path=None, device: str = "cpu") -> "FusedModel":
+        return cls(ExportedModel.load(path, device=device))
+
+    def to(self, device: str) -> "FusedModel":
+        if torch.device(device).type != "cpu":
+            raise FusedModelError(f"the fused descriptor kernel runs on the CPU only; load {self.path} "
+                                  f"without it (fused=False) to use {device}")
+        return self
+
+    def species_index(self, species: np.ndarray) -> np.ndarray:
+        """Atomic numbers [N] -> model species indices 0..S-1 [N] (int64)."""
+        numbers = np.asarray(species, dtype=np.int64)
+        if numbers.size and (numbers.min() < 0 or numbers.max() >= len(self._species_table)
+                             or (self._species_table[numbers] < 0).any()):
+            self.check_elements(numbers)  # names the unknown elements
+            raise UnknownElementError(f"atomic numbers {np.unique(numbers).tolist()} unknown to model {self.path}")
+        return self._species_table[numbers]
+
+    def __call__(
+        self,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_local: int,
+        monitors: bool = True,
+        force_sigma: bool = False,
+    ) -> Dict[str, torch.Tensor]:
+        n_local = int(n_local)
+        np_dtype = NUMPY_DTYPES[self.dtype]
+        species = species.cpu()
+        index = self.species_index(species.numpy())
+        pairs = np.ascontiguousarray(edge_index.cpu().numpy(), dtype=np.int64)
+        vectors = np.ascontiguousarray(edge_vectors.detach().cpu().numpy(), dtype=np_dtype)
+        features, density = self.kernel.power_spectrum_forward(self.params, index, pairs, vectors, n_local)
+        with torch.enable_grad():
+            out = self.module.evaluate_features(species, torch.from_numpy(features), torch.from_numpy(pairs),
+                                                torch.from_numpy(vectors), n_local, monitors, force_sigma)
+        feature_grad = out.pop("feature_grad").detach()
+        member_grad = out.pop("member_feature_grad", None)
+        if member_grad is not None:  # mean row + K member rows in one backward pass
+            rows = torch.cat([feature_grad.unsqueeze(0), member_grad.detach()], dim=0)
+        else:
+            rows = feature_grad
+        grads = self.kernel.power_spectrum_backward(self.params, index, pairs, vectors, density,
+                                                    np.ascontiguousarray(rows.numpy()), n_local)
+        grads = torch.from_numpy(grads)
+        if member_grad is not None:
+            out["edge_grad"] = grads[0]
+            out["member_edge_grad"] = grads[1:]
+        else:
+            out["edge_grad"] = grads
+        return out
+
+
+def maybe_fused(model: ExportedModel, fused: Optional[bool]) -> ExportedModel:
+    """``fused`` None: wrap ``model`` in :class:`FusedModel` when it supports the kernel;
+    True: wrap or raise :class:`FusedModelError`; False: return ``model`` unchanged."""
+    if fused is False or isinstance(model, FusedModel):
+        if fused is False and isinstance(model, FusedModel):
+            return ExportedModel(model.module, model.metadata, model.path)
+        return model
+    if fused is None and fused_unsupported_reason(model) is not None:
+        return model
+    return FusedModel(model)
