@@ -36,7 +36,7 @@ constexpr int kMaxRadial = 64;
 template <typename T>
 constexpr int kChunk = 32 / int(sizeof(T));
 constexpr int kBlock = 4;
-constexpr int kLanePad = 16;
+constexpr int kLanePad = 8;
 
 struct Layout {
     int S, N, L, L2, Q;
@@ -258,7 +258,6 @@ void features_of_centre(const Layout &ly, const T *c, T *f) {
             for (int p = q; p < Q; ++p) {
                 const T *b = c + p * L2;
                 T s = 0;
-#pragma omp simd reduction(+ : s)
                 for (int m = lo; m < hi; ++m) s += a[m] * b[m];
                 *out++ = s * w;
             }
@@ -308,6 +307,28 @@ void with_l_max(int l_max, F &&f) {
         case 7: f(std::integral_constant<int, 7>{}); break;
         default: f(std::integral_constant<int, 8>{}); break;
     }
+}
+
+// sin and cos of theta in [0, pi] by Taylor series around pi / 2 (|phi| <= pi / 2, terms to
+// phi^23: truncation < 1e-18), so a loop over lanes vectorises (libm's sincos does not).
+template <typename T>
+inline __attribute__((always_inline)) void sin_cos_half_turn(T theta, T &s, T &c) {
+    // (2k)! and (2k + 1)! for k = 11 .. 0 (Horner from the highest order down)
+    constexpr double even_factorial[] = {1124000727777607680000.0, 2432902008176640000.0, 6402373705728000.0,
+                                         20922789888000.0, 87178291200.0, 479001600.0, 3628800.0, 40320.0, 720.0,
+                                         24.0, 2.0, 1.0};
+    constexpr double odd_factorial[] = {25852016738884976640000.0, 51090942171709440000.0, 121645100408832000.0,
+                                        355687428096000.0, 1307674368000.0, 6227020800.0, 39916800.0, 362880.0,
+                                        5040.0, 120.0, 6.0, 1.0};
+    const T phi = theta - T(M_PI / 2), p2 = phi * phi;
+    T cos_phi = T(0), sin_phi = T(0);
+    for (int i = 0; i < 12; ++i) {
+        const double sign = ((11 - i) % 2 == 0) ? 1.0 : -1.0;    // (-1)^k, k = 11 - i
+        cos_phi = cos_phi * p2 + T(sign / even_factorial[i]);
+        sin_phi = sin_phi * p2 + T(sign / odd_factorial[i]);
+    }
+    s = cos_phi;           // sin(theta) = cos(phi)
+    c = -sin_phi * phi;    // cos(theta) = -sin(phi)
 }
 
 // The basis of one centre's edges in structure-of-arrays form, lanes = edges, padded to a
@@ -362,9 +383,6 @@ void centre_basis(const Layout &ly, const int64_t *species_index, const int64_t 
             b.r[k] = rr;
             b.edges[k] = e;
             b.species[k] = species_index[neighbours[e]];
-            const double theta = M_PI * double(rr) / ly.cutoff;
-            b.sin1[k] = T(std::sin(theta));
-            b.cos1[k] = T(std::cos(theta));
         } else {
             ux[k] = T(0);
             uy[k] = T(0);
@@ -372,8 +390,6 @@ void centre_basis(const Layout &ly, const int64_t *species_index, const int64_t 
             b.r[k] = T(2 * ly.cutoff);
             b.edges[k] = -1;
             b.species[k] = -1;
-            b.sin1[k] = T(0);
-            b.cos1[k] = T(1);
         }
     }
     const T r_on = T(ly.cutoff - ly.width), inv_width = T(1.0 / ly.width);
@@ -384,8 +400,11 @@ void centre_basis(const Layout &ly, const int64_t *species_index, const int64_t 
     const T *r = b.r.data(), *cos1 = b.cos1.data();
     // smooth cutoff f_c, envelope pref f_c / r and its derivative; sin(n theta), cos(n theta) by
     // the Chebyshev recurrence: R_n = sin(n theta) env, dR_n/dr = k_n cos(n theta) env + sin(n theta) denv
+    const T theta_scale = T(M_PI / ly.cutoff);
 #pragma omp simd
     for (int64_t k = 0; k < lanes; ++k) {
+        const T theta = std::min(r[k] * theta_scale, T(M_PI));    // beyond the cutoff R_n is 0 anyway
+        sin_cos_half_turn(theta, b.sin1[k], b.cos1[k]);
         T t = (r[k] - r_on) * inv_width;
         t = t < T(0) ? T(0) : (t > T(1) ? T(1) : t);
         const T fc = T(1) - t * t * t * (T(10) - T(15) * t + T(6) * t * t);
