@@ -15,11 +15,18 @@ of a second `run` / the wall time of ASE's `dyn.run`.
 
     python benchmarks/lammps_plugin.py [--sizes 500 4000 32000] [--mpi-sizes 32000]
                                        [--threads 1] [--model m.pt] [--output table.md]
-                                       [--compiled m.pt2] [--eam]
+                                       [--compiled m.pt2] [--compiled32 m32.pt2] [--eam]
+                                       [--no-fused]
 
 With --compiled (a package of the same model, `mlip-md compile`) it adds, side by side:
 `pair_style mlip m.pt2` on 1 and 2 ranks, ASE MD with the package and a 0.5 Å Verlet skin,
 and (--eam) LAMMPS eam/alloy (Cu_mishin1) as a second field anchor.
+
+The "LAMMPS + plugin" rows run the TorchScript descriptor (`pair_style mlip m.pt fused no`);
+unless --no-fused, the fused descriptor kernel runs beside them (`fused yes`, float64, and
+`fused yes dtype float32`) on 1 rank and, for --mpi-sizes, 2 ranks; --compiled32 adds a float32
+package (`mlip-md compile --dtype float32`). The "Fused descriptor kernel" table puts them side
+by side with .pt, .pt2, SNAP and EAM as katom-steps/s and ratios.
 
 Environment variables (OMP_NUM_THREADS is set from --threads, GLIBC_TUNABLES etc.) are passed
 to every process unchanged.
@@ -92,6 +99,9 @@ def run_lammps(n_atoms: int, pair: list, steps: int, ranks: int, env: dict, warm
         result["model_s_per_step"] = per_call
         result["outside_model_fraction"] = max(0.0, 1.0 - per_call * steps / loop)
         result["conversion_s_per_step"] = convert_s / calls
+    kernel = re.findall(r"fused descriptor kernel (\S+) s", proc.stdout)
+    if timing and kernel:
+        result["kernel_s_per_step"] = float(kernel[-1]) / calls  # part of model_s_per_step
     return result
 
 
@@ -134,6 +144,40 @@ def fmt_rate(result: dict, n_atoms: int) -> str:
     return f"{result['steps_per_s']:.3g} ({result['steps_per_s'] * n_atoms / 1e3:.3g})"
 
 
+def fused_table(results: dict, mpi_sizes) -> list:
+    """The fused kernel beside .pt (TorchScript descriptor), .pt2, SNAP and EAM: katom-steps/s
+    per (N, ranks) and the ratios that matter."""
+    columns = [("lammps", ".pt"), ("lammps_fused", "fused f64"), ("lammps_fused32", "fused f32"),
+               ("lammps_pt2", ".pt2"), ("lammps_pt2_32", ".pt2 f32"), ("snap", "SNAP"), ("eam", "EAM")]
+    ratios = [("lammps_fused", "lammps", "fused f64 / .pt"), ("lammps_fused32", "lammps", "fused f32 / .pt"),
+              ("lammps_fused", "lammps_pt2", "fused f64 / .pt2"), ("lammps_fused32", "lammps_pt2_32", "fused f32 / .pt2 f32"),
+              ("lammps_fused32", "snap", "fused f32 / SNAP")]
+    lines = ["", "Fused descriptor kernel side by side, katom-steps/s (SNAP and EAM on 1 rank only):", "",
+             "| N atoms | ranks | " + " | ".join(name for _, name in columns) + " | "
+             + " | ".join(name for _, _, name in ratios) + " | fused f64 outside model | fused f64: kernel / model "
+             "call | fused f32: kernel / model call |",
+             "|---:|---:|" + "---:|" * (len(columns) + len(ratios) + 3)]
+    for n, row in results.items():
+        for ranks in (1, 2) if n in mpi_sizes else (1,):
+            suffix = "" if ranks == 1 else "_np2"
+
+            def rate(key):
+                result = row.get(key + suffix) if key not in ("snap", "eam") or ranks == 1 else None
+                return result["steps_per_s"] * n / 1e3 if result else None
+
+            cells = [str(n), str(ranks)] + [f"{rate(key):.4g}" if rate(key) else "-" for key, _ in columns]
+            cells += [f"**{rate(a) / rate(b):.2f}x**" if rate(a) and rate(b) else "-" for a, b, _ in ratios]
+            fused = row.get("lammps_fused" + suffix)
+            cells.append(f"{100 * fused['outside_model_fraction']:.1f}%"
+                         if fused and "outside_model_fraction" in fused else "-")
+            for key in ("lammps_fused", "lammps_fused32"):
+                result = row.get(key + suffix) or {}
+                cells.append(f"{100 * result['kernel_s_per_step'] / result['model_s_per_step']:.0f}%"
+                             if "kernel_s_per_step" in result else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 4000, 32000])
@@ -148,12 +192,26 @@ def main() -> None:
     parser.add_argument("--output", help="also write the markdown tables (and a .json next to it)")
     parser.add_argument("--compiled", help="compiled package of --model (mlip-md compile): adds .pt2 rows")
     parser.add_argument("--eam", action="store_true", help="also time LAMMPS eam/alloy (Cu_mishin1)")
+    parser.add_argument("--compiled32", help="float32 package of --model (mlip-md compile --dtype float32)")
+    parser.add_argument("--no-fused", action="store_true", help="leave out the fused descriptor kernel rows")
     args = parser.parse_args()
 
     model = str(resolve_model_path(args.model).resolve())
     plugin = str(plugin_path(build=True, verbose=True))
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    mlip_pair = [f"plugin load {plugin}", f"pair_style mlip {model}", "pair_coeff * * Cu"]
+    # the TorchScript descriptor (the plugin's default is the fused kernel where the model has it)
+    mlip_pair = [f"plugin load {plugin}", f"pair_style mlip {model} fused no", "pair_coeff * * Cu"]
+    extra_pairs = []  # (key, pair commands, label): run on 1 rank, and 2 ranks for --mpi-sizes
+    if not args.no_fused:
+        extra_pairs += [
+            ("fused", [f"plugin load {plugin}", f"pair_style mlip {model} fused yes", "pair_coeff * * Cu"],
+             "fused kernel, float64"),
+            ("fused32", [f"plugin load {plugin}", f"pair_style mlip {model} fused yes dtype float32",
+                         "pair_coeff * * Cu"], "fused kernel, float32"),
+        ]
+    if args.compiled32:
+        extra_pairs.append(("pt2_32", [f"plugin load {plugin}", f"pair_style mlip {Path(args.compiled32).resolve()}",
+                                       "pair_coeff * * Cu"], ".pt2 float32"))
     from mlip_md._lammps import find_potential
 
     snap_pair = ["pair_style snap",
@@ -190,6 +248,11 @@ def main() -> None:
             if not args.no_ase:
                 row["ase_pt2"] = fastest(lambda: run_ase(n, steps, model, args.threads, env, args.compiled, 0.5),
                                          "ASE MD, .pt2, skin 0.5")
+        for key, pair, label in extra_pairs:
+            row[f"lammps_{key}"] = fastest(lambda: run_lammps(n, pair, steps, 1, env), f"LAMMPS + plugin, {label}")
+            if n in args.mpi_sizes:
+                row[f"lammps_{key}_np2"] = fastest(lambda: run_lammps(n, pair, steps, 2, env),
+                                                   f"mpiexec -n 2 LAMMPS + plugin, {label}")
         if not args.no_snap:
             row["snap"] = fastest(lambda: run_lammps(n, snap_pair, steps, 1, env, warmup=1), "LAMMPS SNAP")
         if args.eam:
@@ -250,6 +313,8 @@ def main() -> None:
                      f"{rate('lammps_pt2') / rate('snap'):.2f}x" if "snap" in row else "-",
                      f"{rate('eam'):.4g}" if "eam" in row else "-"]
             lines.append("| " + " | ".join(cells) + " |")
+    if extra_pairs:
+        lines += fused_table(results, args.mpi_sizes)
     table = "\n".join(lines)
     print()
     print(table)

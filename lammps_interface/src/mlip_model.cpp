@@ -1,11 +1,13 @@
 #include "mlip_model.h"
 
+#include "mlip_fused.h"
 #include "mlip_json.h"
 
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -98,6 +100,9 @@ struct Model::Impl {
   std::map<std::string, std::vector<std::string>> outputs;
   std::string source_path;
   std::unique_ptr<Model> source;
+  // fused descriptor kernel (TorchScript models with a power_spectrum v1 descriptor), or null
+  std::unique_ptr<FusedDescriptor> fused;
+  double kernel_seconds = 0.0;    // of the last evaluate()
 };
 
 static bool ends_with(const std::string &s, const std::string &tail)
@@ -171,7 +176,29 @@ static ModelInfo parse_metadata(const std::string &path, const std::string &text
   return info;
 }
 
-void Model::load(const std::string &path, const std::string &device)
+// Precision to run a model stored in `stored` ("float64"/"float32") with `pair_style mlip ... dtype D`.
+static torch::Dtype run_dtype(const std::string &stored, const std::string &requested)
+{
+  const std::string &name = requested.empty() ? stored : requested;
+  if (name != "float64" && name != "float32")
+    throw std::runtime_error("dtype must be float64 or float32, got '" + name + "'");
+  return name == "float32" ? torch::kFloat32 : torch::kFloat64;
+}
+
+// Floating-point parameters and buffers to `dtype`, integer ones (species tables, counts) kept:
+// what torch.nn.Module.to(dtype) does in Python before mlip_md.model.save_model scripts a model
+// (TorchScript's Module::to(dtype) would convert the integer buffers too).
+static void convert_floating(torch::jit::Module &module, torch::Dtype dtype)
+{
+  torch::NoGradGuard no_grad;
+  auto convert = [dtype](torch::Tensor t) {
+    if (t.is_floating_point() && t.scalar_type() != dtype) t.set_data(t.to(dtype));
+  };
+  for (const auto &p : module.named_parameters(true)) convert(p.value);
+  for (const auto &b : module.named_buffers(true)) convert(b.value);
+}
+
+void Model::load(const std::string &path, const std::string &device, const ModelOptions &options)
 {
   impl_.reset();
   {
@@ -198,7 +225,14 @@ void Model::load(const std::string &path, const std::string &device)
                              " requested but this libtorch has no usable CUDA device; use device cpu");
 
   if (ends_with(path, ".pt2")) {
+    if (options.fused == ModelOptions::Fused::Yes)
+      throw std::runtime_error("fused yes: " + path + " is a compiled package, which runs its own graphs; the fused "
+                               "descriptor kernel runs TorchScript .pt models (use the .pt, or drop fused yes)");
     load_compiled(path, *impl);
+    if (!options.dtype.empty() && options.dtype != info_.dtype)
+      throw std::runtime_error("dtype " + options.dtype + ": compiled package " + path + " was built for " +
+                               info_.dtype + "; build one with `mlip-md compile --dtype " + options.dtype +
+                               "` or use the .pt file");
     impl_ = std::move(impl);
     return;
   }
@@ -219,7 +253,28 @@ void Model::load(const std::string &path, const std::string &device)
     throw std::runtime_error("model file " + path +
                              " has no exported 'evaluate' method; re-export it with this mlip_md version");
   impl->module.eval();
-  impl->dtype = info_.dtype == "float32" ? torch::kFloat32 : torch::kFloat64;
+  impl->dtype = run_dtype(info_.dtype, options.dtype);
+  if (info_.dtype != (impl->dtype == torch::kFloat32 ? "float32" : "float64"))
+    convert_floating(impl->module, impl->dtype);    // `dtype float32`: weights and buffers in the run precision
+
+  // fused descriptor kernel: needs the metadata's descriptor block and evaluate_features
+  mlip_power_spectrum_params params{};
+  const JsonValue meta = parse_json(text);
+  const JsonValue *n_features = meta.get("n_features");
+  std::string why = fused_descriptor_params(meta, n_features && n_features->is_number() ?
+                                                      static_cast<int64_t>(n_features->number) : 0, params);
+  if (why.empty() && !impl->module.find_method("evaluate_features"))
+    why = "its TorchScript module has no evaluate_features method";
+  if (why.empty() && !impl->device.is_cpu()) why = "the kernel runs on the CPU, the model on " + device;
+  if (options.fused == ModelOptions::Fused::Yes && !why.empty())
+    throw std::runtime_error(
+        "fused yes: model " + path + " cannot use the fused descriptor kernel: " + why +
+        (impl->device.is_cpu() ? std::string("; re-export it with this mlip_md (python -c \"from "
+                                             "mlip_md.model.io import reexport; reexport('old.pt', 'new.pt')\") "
+                                             "or use fused no")
+                               : std::string("; use fused no with device ") + device));
+  if (options.fused != ModelOptions::Fused::No && why.empty())
+    impl->fused = std::make_unique<FusedDescriptor>(params, info_.atomic_numbers, impl->dtype == torch::kFloat32);
   impl_ = std::move(impl);
 }
 
@@ -266,74 +321,151 @@ bool Model::compiled() const
   return impl_ && impl_->compiled;
 }
 
+bool Model::fused() const
+{
+  return impl_ && impl_->fused;
+}
+
+double Model::kernel_seconds() const
+{
+  return impl_ ? impl_->kernel_seconds : 0.0;
+}
+
+std::string Model::dtype() const
+{
+  if (!impl_) return info_.dtype;
+  return impl_->dtype == torch::kFloat32 ? "float32" : "float64";
+}
+
+// The fused path: kernel forward -> the model's evaluate_features -> kernel backward, one call
+// for the mean row and (force sigma) the K member rows. The edge gradients go into `results` as
+// float64 views of the kernel's buffers: edge_grad [E, 3], member_edge_grad [K, E, 3].
+static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, torch::Dtype dtype,
+                           const EdgeBatch &batch, bool monitors, bool force_sigma,
+                           std::unordered_map<std::string, torch::Tensor> &results, double &kernel_seconds)
+{
+  using clock = std::chrono::steady_clock;
+  auto start = clock::now();
+  const int64_t n_all = static_cast<int64_t>(batch.species.size());
+  const int64_t n_edges = static_cast<int64_t>(batch.n_edges());
+  const int64_t n_local = batch.n_local, d = fused.n_features();
+  fused.forward(batch);
+  kernel_seconds = std::chrono::duration<double>(clock::now() - start).count();
+  const auto longs = torch::TensorOptions().dtype(torch::kLong);
+  const auto reals = torch::TensorOptions().dtype(dtype);
+  // views of the host buffers (no copies); the model only reads them
+  torch::Tensor species = torch::from_blob(const_cast<int64_t *>(batch.species.data()), {n_all}, longs);
+  torch::Tensor features = torch::from_blob(fused.features(), {n_local, d}, reals);
+  torch::Tensor edge_index = torch::from_blob(fused.edge_index(), {2, n_edges}, longs);
+  torch::Tensor vectors = torch::from_blob(const_cast<void *>(fused.vectors(batch)), {n_edges, 3}, reals);
+  c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
+  try {
+    std::vector<torch::jit::IValue> args{species, features, edge_index, vectors, n_local, monitors, force_sigma};
+    dict = module.get_method("evaluate_features")(std::move(args)).toGenericDict();
+  } catch (std::exception &e) {
+    throw std::runtime_error("model evaluation failed: " + short_message(e, true));
+  }
+  for (const auto &item : dict) results[item.key().toStringRef()] = item.value().toTensor();
+
+  auto it = results.find("feature_grad");
+  if (it == results.end()) throw std::runtime_error("model output lacks 'feature_grad'");
+  const torch::Tensor grad = it->second.detach();
+  if (grad.dim() != 2 || grad.size(0) != n_local || grad.size(1) != d)
+    throw std::runtime_error("model output 'feature_grad' has shape " + c10::str(grad.sizes()) + ", expected [" +
+                             std::to_string(n_local) + ", " + std::to_string(d) + "]");
+  torch::Tensor members;
+  if (force_sigma && (it = results.find("member_feature_grad")) != results.end()) {
+    members = it->second.detach();
+    if (members.dim() != 3 || members.size(1) != n_local || members.size(2) != d)
+      throw std::runtime_error("model output 'member_feature_grad' has shape " + c10::str(members.sizes()) +
+                               ", expected [K, " + std::to_string(n_local) + ", " + std::to_string(d) + "]");
+  }
+  const int64_t k = members.defined() ? members.size(0) : 0;
+  torch::Tensor rows = torch::from_blob(fused.feature_grad(static_cast<int>(1 + k)), {1 + k, n_local, d}, reals);
+  rows[0].copy_(grad);
+  if (k) rows.slice(0, 1).copy_(members);
+  start = clock::now();
+  const double *edge_grad = fused.backward(batch, static_cast<int>(1 + k));
+  kernel_seconds += std::chrono::duration<double>(clock::now() - start).count();
+  const auto doubles = torch::TensorOptions().dtype(torch::kFloat64);
+  results["edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad), {n_edges, 3}, doubles);
+  if (k) results["member_edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad) + 3 * n_edges,
+                                                        {k, n_edges, 3}, doubles);
+}
+
 ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_sigma)
 {
   if (!impl_) throw std::runtime_error("no model loaded");
   Impl &m = *impl_;
   m.keep.clear();
+  m.kernel_seconds = 0.0;
   torch::AutoGradMode grad_mode(true);    // forces come from autograd inside the model
 
   const int64_t n_all = static_cast<int64_t>(batch.species.size());
   const int64_t n_edges = static_cast<int64_t>(batch.n_edges());
-  auto as_long = torch::TensorOptions().dtype(torch::kLong);
-  auto as_double = torch::TensorOptions().dtype(torch::kFloat64);
-
-  torch::Tensor species = torch::empty({n_all}, as_long);
-  if (n_all) std::memcpy(species.data_ptr<int64_t>(), batch.species.data(), n_all * sizeof(int64_t));
-  torch::Tensor edge_index = torch::empty({2, n_edges}, as_long);
-  torch::Tensor vectors;
-  if (n_edges) {
-    std::memcpy(edge_index.data_ptr<int64_t>(), batch.src.data(), n_edges * sizeof(int64_t));
-    std::memcpy(edge_index.data_ptr<int64_t>() + n_edges, batch.dst.data(), n_edges * sizeof(int64_t));
-    // zero-copy view of the host buffer; the model detaches it before taking gradients
-    vectors = torch::from_blob(const_cast<double *>(batch.vectors.data()), {n_edges, 3}, as_double);
-  } else {
-    vectors = torch::zeros({0, 3}, as_double);
-  }
-  if (m.dtype != torch::kFloat64) vectors = vectors.to(m.dtype);
-  if (!m.device.is_cpu()) {
-    species = species.to(m.device);
-    edge_index = edge_index.to(m.device);
-    vectors = vectors.to(m.device);
-  }
-
   std::unordered_map<std::string, torch::Tensor> results;
-  if (m.compiled) {
-    // neighbour slots (position of each edge among its centre's edges) and their maximum
-    std::vector<int64_t> count(batch.n_local, 0);
-    torch::Tensor slot = torch::empty({n_edges}, as_long);
-    int64_t *slot_ptr = slot.data_ptr<int64_t>();
-    int64_t max_nb = 0;
-    for (int64_t e = 0; e < n_edges; ++e) {
-      slot_ptr[e] = count[batch.src[e]]++;
-      if (slot_ptr[e] + 1 > max_nb) max_nb = slot_ptr[e] + 1;
-    }
-    const std::string graph = (monitors || !m.graphs.count("energy")) ? "monitors" : "energy";
-    if (force_sigma || !m.graphs.count(graph) || batch.n_local < 2 || n_edges < 2 || n_all < 2 || max_nb < 2)
-      return source_model().evaluate(batch, monitors, force_sigma);
-    std::vector<torch::Tensor> inputs{species, species.slice(0, 0, batch.n_local).clone(), edge_index, vectors,
-                                      slot, torch::empty({max_nb}, torch::TensorOptions().dtype(m.dtype))};
-    std::vector<torch::Tensor> values;
-    try {
-      values = m.graphs[graph]->run(inputs);
-    } catch (std::exception &e) {
-      throw std::runtime_error("compiled model evaluation failed: " + short_message(e, true));
-    }
-    const std::vector<std::string> &names = m.outputs[graph];
-    if (values.size() != names.size())
-      throw std::runtime_error("compiled model returned " + std::to_string(values.size()) + " outputs, its metadata names " +
-                               std::to_string(names.size()));
-    for (size_t k = 0; k < names.size(); ++k) results[names[k]] = values[k];
+  if (m.fused) {
+    evaluate_fused(m.module, *m.fused, m.dtype, batch, monitors, force_sigma, results, m.kernel_seconds);
   } else {
-    c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
-    try {
-      std::vector<torch::jit::IValue> args{species,         edge_index, vectors,
-                                           int64_t(batch.n_local), monitors, force_sigma};
-      dict = m.module.get_method("evaluate")(std::move(args)).toGenericDict();
-    } catch (std::exception &e) {
-      throw std::runtime_error("model evaluation failed: " + short_message(e, true));
+    auto as_long = torch::TensorOptions().dtype(torch::kLong);
+    auto as_double = torch::TensorOptions().dtype(torch::kFloat64);
+
+    torch::Tensor species = torch::empty({n_all}, as_long);
+    if (n_all) std::memcpy(species.data_ptr<int64_t>(), batch.species.data(), n_all * sizeof(int64_t));
+    torch::Tensor edge_index = torch::empty({2, n_edges}, as_long);
+    torch::Tensor vectors;
+    if (n_edges) {
+      std::memcpy(edge_index.data_ptr<int64_t>(), batch.src.data(), n_edges * sizeof(int64_t));
+      std::memcpy(edge_index.data_ptr<int64_t>() + n_edges, batch.dst.data(), n_edges * sizeof(int64_t));
+      // zero-copy view of the host buffer; the model detaches it before taking gradients
+      vectors = torch::from_blob(const_cast<double *>(batch.vectors.data()), {n_edges, 3}, as_double);
+    } else {
+      vectors = torch::zeros({0, 3}, as_double);
     }
-    for (const auto &item : dict) results[item.key().toStringRef()] = item.value().toTensor();
+    if (m.dtype != torch::kFloat64) vectors = vectors.to(m.dtype);
+    if (!m.device.is_cpu()) {
+      species = species.to(m.device);
+      edge_index = edge_index.to(m.device);
+      vectors = vectors.to(m.device);
+    }
+
+    if (m.compiled) {
+      // neighbour slots (position of each edge among its centre's edges) and their maximum
+      std::vector<int64_t> count(batch.n_local, 0);
+      torch::Tensor slot = torch::empty({n_edges}, as_long);
+      int64_t *slot_ptr = slot.data_ptr<int64_t>();
+      int64_t max_nb = 0;
+      for (int64_t e = 0; e < n_edges; ++e) {
+        slot_ptr[e] = count[batch.src[e]]++;
+        if (slot_ptr[e] + 1 > max_nb) max_nb = slot_ptr[e] + 1;
+      }
+      const std::string graph = (monitors || !m.graphs.count("energy")) ? "monitors" : "energy";
+      if (force_sigma || !m.graphs.count(graph) || batch.n_local < 2 || n_edges < 2 || n_all < 2 || max_nb < 2)
+        return source_model().evaluate(batch, monitors, force_sigma);
+      std::vector<torch::Tensor> inputs{species, species.slice(0, 0, batch.n_local).clone(), edge_index, vectors,
+                                        slot, torch::empty({max_nb}, torch::TensorOptions().dtype(m.dtype))};
+      std::vector<torch::Tensor> values;
+      try {
+        values = m.graphs[graph]->run(inputs);
+      } catch (std::exception &e) {
+        throw std::runtime_error("compiled model evaluation failed: " + short_message(e, true));
+      }
+      const std::vector<std::string> &names = m.outputs[graph];
+      if (values.size() != names.size())
+        throw std::runtime_error("compiled model returned " + std::to_string(values.size()) + " outputs, its metadata names " +
+                                 std::to_string(names.size()));
+      for (size_t k = 0; k < names.size(); ++k) results[names[k]] = values[k];
+    } else {
+      c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
+      try {
+        std::vector<torch::jit::IValue> args{species,         edge_index, vectors,
+                                             int64_t(batch.n_local), monitors, force_sigma};
+        dict = m.module.get_method("evaluate")(std::move(args)).toGenericDict();
+      } catch (std::exception &e) {
+        throw std::runtime_error("model evaluation failed: " + short_message(e, true));
+      }
+      for (const auto &item : dict) results[item.key().toStringRef()] = item.value().toTensor();
+    }
   }
 
   const int64_t n_local = batch.n_local;
@@ -377,11 +509,10 @@ Model &Model::source_model()
                                "sigma, or fewer than two atoms / edges / neighbours on this rank), but '" +
                                m.source_path + "' is not there; use the .pt file in pair_style mlip");
     m.source = std::make_unique<Model>();
-    m.source->load(m.source_path, "cpu");
-    if (m.source->info().dtype != info_.dtype) {    // mlip-md compile --dtype: run the .pt alike
-      m.source->impl_->module.to(m.dtype);
-      m.source->impl_->dtype = m.dtype;
-    }
+    ModelOptions options;    // the TorchScript evaluate, as before the fused kernel existed
+    options.fused = ModelOptions::Fused::No;
+    options.dtype = info_.dtype;    // mlip-md compile --dtype: run the .pt alike
+    m.source->load(m.source_path, "cpu", options);
   }
   return *m.source;
 }

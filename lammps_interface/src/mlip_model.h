@@ -1,6 +1,8 @@
 // Loading an exported mlip_md model (TorchScript + mlip_md.json metadata) and calling its
-// `evaluate` method. This is the only file that includes libtorch; the rest of the plugin
-// sees plain float64 buffers (see DESIGN.md, "The exported model").
+// `evaluate` method, or, with the fused descriptor kernel (mlip_fused), the kernel's forward,
+// the model's `evaluate_features` and the kernel's backward. mlip_model.cpp is the only file
+// that includes libtorch; the rest of the plugin sees plain float64 buffers (see DESIGN.md,
+// "The exported model").
 #ifndef MLIP_MODEL_H
 #define MLIP_MODEL_H
 
@@ -38,6 +40,15 @@ struct EdgeBatch {
 
 // Float64 host views of the model outputs; valid until the next evaluate().
 // Optional outputs are nullptr when the model did not return them.
+// How to run a model (pair_style mlip keywords `fused` and `dtype`).
+struct ModelOptions {
+  enum class Fused { Auto, Yes, No };
+  // Auto: the fused descriptor kernel when the model supports it (TorchScript .pt with a
+  // power_spectrum v1 descriptor block and evaluate_features, on the CPU); Yes: required.
+  Fused fused = Fused::Auto;
+  std::string dtype;    // "" = the model's own; "float32" / "float64": converted on load (.pt only)
+};
+
 struct ModelOutput {
   int n_members = 1;
   const double *atomic_energy = nullptr;       // [n_local] eV
@@ -60,7 +71,7 @@ class Model {
 
   // Load the file on `device` ("cpu", "cuda", "cuda:1"); throws std::runtime_error with a
   // message meant for the user (missing file, not a model, corrupt, bad metadata).
-  void load(const std::string &path, const std::string &device);
+  void load(const std::string &path, const std::string &device, const ModelOptions &options = {});
   bool loaded() const;
   const ModelInfo &info() const { return info_; }
 
@@ -71,6 +82,12 @@ class Model {
   // compiled graphs run instead of TorchScript; force sigma and tiny inputs use the .pt it was
   // compiled from (path in its metadata).
   bool compiled() const;
+  // True when the fused descriptor kernel computes the descriptor.
+  bool fused() const;
+  // Precision the model runs in: "float64" or "float32" (info().dtype is the stored one).
+  std::string dtype() const;
+  // Seconds the fused kernel (forward + backward) took in the last evaluate() (0 unfused).
+  double kernel_seconds() const;
 
  private:
   struct Impl;

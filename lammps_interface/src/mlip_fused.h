@@ -1,0 +1,64 @@
+// The fused power-spectrum kernel of the C++ core (csrc/src/power_spectrum.cpp, C API in
+// mlip_md.h section 5) as the plugin uses it: the model's descriptor forward and its exact
+// backward in one pass over the edges, with every buffer kept between steps (sized once, grown
+// when the system grows). No libtorch here: mlip_model.cpp wraps these buffers as tensors
+// around the model's `evaluate_features` call.
+//
+//   forward(batch)            features [n_local][D]           (run precision: double or float)
+//   feature_grad(K) <- fill   dF_k / d features [K][n_local][D]
+//   backward(batch, K)        dF_k / d edge vectors [K][E][3]  (float64, eV/Angstrom)
+#ifndef MLIP_FUSED_H
+#define MLIP_FUSED_H
+
+#include "mlip_json.h"
+#include "mlip_md.h"
+#include "mlip_model.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace MLIP {
+
+// Why the fused kernel cannot compute this model's descriptor ("" when it can; then `params`
+// is filled): reads the metadata's "descriptor" block (kind power_spectrum, version 1) and
+// checks that its feature count equals `n_features` (metadata n_features; <= 0: unchecked).
+std::string fused_descriptor_params(const JsonValue &meta, int64_t n_features, mlip_power_spectrum_params &params);
+
+class FusedDescriptor {
+ public:
+  // atomic_numbers: the model's elements; species index = position in this list.
+  // single: run in float32 (else float64).
+  FusedDescriptor(const mlip_power_spectrum_params &params, const std::vector<int> &atomic_numbers, bool single);
+
+  int64_t n_features() const { return n_features_; }
+  bool single() const { return single_; }
+
+  // Forward pass over the batch's edges; throws std::runtime_error on bad input.
+  void forward(const EdgeBatch &batch);
+  // After forward(): features [n_local][D], edge_index [2][E], edge vectors [E][3] in the run
+  // precision (the batch's own float64 vectors, or their float32 copy); valid until the next forward.
+  void *features() { return single_ ? static_cast<void *>(f_features_.data()) : d_features_.data(); }
+  int64_t *edge_index() { return edge_index_.data(); }
+  const void *vectors(const EdgeBatch &batch) const;
+
+  // Buffer [n_rows][n_local][D] (run precision) for the rows of dF/d features: fill it, then
+  // call backward() with the same n_rows.
+  void *feature_grad(int n_rows);
+  // Backward pass: float64 edge gradients [n_rows][E][3], valid until the next call.
+  const double *backward(const EdgeBatch &batch, int n_rows);
+
+ private:
+  mlip_power_spectrum_params params_;
+  int64_t n_features_ = 0, density_size_ = 0;
+  bool single_ = false;
+  std::vector<int64_t> z_to_index_;    // atomic number -> species index, -1 when unknown
+  int64_t n_local_ = 0, n_all_ = 0, n_edges_ = 0;    // of the last forward()
+  std::vector<int64_t> species_index_, edge_index_;
+  std::vector<double> d_density_, d_features_, d_grad_, d_edge_grad_;
+  std::vector<float> f_vectors_, f_density_, f_features_, f_grad_, f_edge_grad_;
+};
+
+}    // namespace MLIP
+
+#endif
