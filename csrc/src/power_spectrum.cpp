@@ -322,7 +322,9 @@ inline __attribute__((always_inline)) void sin_cos_half_turn(T theta, T &s, T &c
                                         5040.0, 120.0, 6.0, 1.0};
     const T phi = theta - T(M_PI / 2), p2 = phi * phi;
     T cos_phi = T(0), sin_phi = T(0);
-    for (int i = 0; i < 12; ++i) {
+    // float needs terms to phi^15 only (truncation < 1e-10)
+    constexpr int first = sizeof(T) == sizeof(float) ? 4 : 0;
+    for (int i = first; i < 12; ++i) {
         const double sign = ((11 - i) % 2 == 0) ? 1.0 : -1.0;    // (-1)^k, k = 11 - i
         cos_phi = cos_phi * p2 + T(sign / even_factorial[i]);
         sin_phi = sin_phi * p2 + T(sign / odd_factorial[i]);
@@ -376,10 +378,10 @@ void centre_basis(const Layout &ly, const int64_t *species_index, const int64_t 
             const int64_t e = order[first + k];
             const T *v = vectors + 3 * e;
             const T rr = T(std::sqrt(double(v[0]) * v[0] + double(v[1]) * v[1] + double(v[2]) * v[2]));
-            // the unit vector in the model's precision T, as u = v / r in the torch model
-            ux[k] = v[0] / rr;
-            uy[k] = v[1] / rr;
-            uz[k] = v[2] / rr;
+            const T inv_r = T(1) / rr;    // the unit vector in the model's precision T
+            ux[k] = v[0] * inv_r;
+            uy[k] = v[1] * inv_r;
+            uz[k] = v[2] * inv_r;
             b.r[k] = rr;
             b.edges[k] = e;
             b.species[k] = species_index[neighbours[e]];
@@ -434,19 +436,25 @@ void centre_basis(const Layout &ly, const int64_t *species_index, const int64_t 
         }
     }
     (void)env_k;
-    // rows per species: R[s N + n] = R_n on edges to species s, 0 on the others
-    for (int s = 0; s < ly.S; ++s)
-        for (int nn = 0; nn < N; ++nn) {
-            T *Rq = b.R.data() + int64_t(s * N + nn) * c, *dRq = b.dR.data() + int64_t(s * N + nn) * c;
-            const T *Rrow = Rn + int64_t(nn) * c, *dRrow = dRn + int64_t(nn) * c;
-            const int64_t *species = b.species.data();
+    // rows per species: R[s N + n] = R_n on edges to species s, 0 on the others (one species:
+    // R is R_n itself)
+    if (ly.S == 1) {
+        b.R.swap(b.Rn);
+        b.dR.swap(b.dRn);
+    } else {
+        for (int s = 0; s < ly.S; ++s)
+            for (int nn = 0; nn < N; ++nn) {
+                T *Rq = b.R.data() + int64_t(s * N + nn) * c, *dRq = b.dR.data() + int64_t(s * N + nn) * c;
+                const T *Rrow = Rn + int64_t(nn) * c, *dRrow = dRn + int64_t(nn) * c;
+                const int64_t *species = b.species.data();
 #pragma omp simd
-            for (int64_t k = 0; k < lanes; ++k) {
-                const bool mine = species[k] == s || (ly.S == 1);
-                Rq[k] = mine ? Rrow[k] : T(0);
-                if (Gradient) dRq[k] = mine ? dRrow[k] : T(0);
+                for (int64_t k = 0; k < lanes; ++k) {
+                    const bool mine = species[k] == s;
+                    Rq[k] = mine ? Rrow[k] : T(0);
+                    if (Gradient) dRq[k] = mine ? dRrow[k] : T(0);
+                }
             }
-        }
+    }
     harmonics<T, Gradient>(ly.L, lanes, c, ux, uy, uz, b.Y.data(), b.gY.data(), b.harmonic_scratch.data());
 }
 
