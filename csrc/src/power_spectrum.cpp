@@ -245,50 +245,77 @@ struct EdgeOrder {
     }
 };
 
+// Per-centre power spectrum and its pull-back, through the transposed density ct[lm][q], so
+// the inner loops run over channels q (contiguous) and vectorise.
 template <typename T>
-void features_of_centre(const Layout &ly, const T *c, T *f) {
-    const int Q = ly.Q, L2 = ly.L2;
-    for (int q = 0; q < Q; ++q) f[q] = c[q * L2];
-    T *out = f + Q;
+struct PairWork {
+    std::vector<T> ct, dct, gram;
+    void reserve(const Layout &ly) {
+        if (gram.empty()) {
+            ct.assign(size_t(ly.L2) * ly.Q, T(0));
+            dct.assign(size_t(ly.L2) * ly.Q, T(0));
+            gram.assign(size_t(ly.Q) * ly.Q, T(0));
+        }
+    }
+    void transpose_in(const Layout &ly, const T *c) {
+        for (int q = 0; q < ly.Q; ++q)
+            for (int lm = 0; lm < ly.L2; ++lm) ct[size_t(lm) * ly.Q + q] = c[q * ly.L2 + lm];
+    }
+};
+
+// f = (c[q][0] for q, then per l: (2l + 1)^-1/2 sum_m c[q][lm] c[p][lm] for q <= p).
+template <typename T>
+void features_of_centre(const Layout &ly, const T *c, T *f, PairWork<T> &w) {
+    const int Q = ly.Q;
+    w.transpose_in(ly, c);
+    for (int q = 0; q < Q; ++q) f[q] = c[q * ly.L2];
+    T *out = f + Q, *gram = w.gram.data();
     for (int l = 0; l <= ly.L; ++l) {
-        const T w = T(1.0 / std::sqrt(2.0 * l + 1.0));
-        const int lo = l * l, hi = (l + 1) * (l + 1);
-        for (int q = 0; q < Q; ++q) {
-            const T *a = c + q * L2;
-            for (int p = q; p < Q; ++p) {
-                const T *b = c + p * L2;
-                T s = 0;
-                for (int m = lo; m < hi; ++m) s += a[m] * b[m];
-                *out++ = s * w;
+        std::fill(gram, gram + Q * Q, T(0));
+        for (int lm = l * l; lm < (l + 1) * (l + 1); ++lm) {
+            const T *col = w.ct.data() + size_t(lm) * Q;
+            for (int q = 0; q < Q; ++q) {
+                const T a = col[q];
+                T *row = gram + q * Q;
+#pragma omp simd
+                for (int p = 0; p < Q; ++p) row[p] += a * col[p];
             }
         }
+        const T weight = T(1.0 / std::sqrt(2.0 * l + 1.0));
+        for (int q = 0; q < Q; ++q)
+            for (int p = q; p < Q; ++p) *out++ = gram[q * Q + p] * weight;
     }
 }
 
-// dF/dc [Q][L2] of one centre from dF/dfeatures [D].
+// dF/dc [Q][L2] of one centre from dF/dfeatures [D]: per l the symmetric matrix
+// S[q][p] = w_l g[q p] (doubled on the diagonal) acting on the density, dc = S c.
 template <typename T>
-void density_grad_of_centre(const Layout &ly, const T *c, const T *g, T *dc) {
+void density_grad_of_centre(const Layout &ly, const T *c, const T *g, T *dc, PairWork<T> &w) {
     const int Q = ly.Q, L2 = ly.L2;
-    std::fill(dc, dc + Q * L2, T(0));
-    for (int q = 0; q < Q; ++q) dc[q * L2] = g[q];
+    w.transpose_in(ly, c);
+    T *sym = w.gram.data(), *dct = w.dct.data();
+    std::fill(dct, dct + size_t(L2) * Q, T(0));
     const T *gp = g + Q;
     for (int l = 0; l <= ly.L; ++l) {
-        const T w = T(1.0 / std::sqrt(2.0 * l + 1.0));
-        const int lo = l * l, hi = (l + 1) * (l + 1);
+        const T weight = T(1.0 / std::sqrt(2.0 * l + 1.0));
         for (int q = 0; q < Q; ++q) {
-            const T *a = c + q * L2;
-            T *da = dc + q * L2;
-            for (int p = q; p < Q; ++p) {
-                const T gw = *gp++ * w;
-                if (gw == T(0)) continue;
-                const T *b = c + p * L2;
-                T *db = dc + p * L2;
-                for (int m = lo; m < hi; ++m) {
-                    da[m] += gw * b[m];
-                    db[m] += gw * a[m];
-                }
+            sym[q * Q + q] = T(2) * weight * *gp++;
+            for (int p = q + 1; p < Q; ++p) sym[q * Q + p] = sym[p * Q + q] = weight * *gp++;
+        }
+        for (int lm = l * l; lm < (l + 1) * (l + 1); ++lm) {
+            const T *col = w.ct.data() + size_t(lm) * Q;
+            T *out = dct + size_t(lm) * Q;
+            for (int p = 0; p < Q; ++p) {
+                const T a = col[p];
+                const T *row = sym + p * Q;
+#pragma omp simd
+                for (int q = 0; q < Q; ++q) out[q] += row[q] * a;
             }
         }
+    }
+    for (int q = 0; q < Q; ++q) {
+        for (int lm = 0; lm < L2; ++lm) dc[q * L2 + lm] = dct[size_t(lm) * Q + q];
+        dc[q * L2] += g[q];
     }
 }
 
@@ -540,6 +567,8 @@ void pull_back_edges(const Layout &ly, int64_t n_local, const int64_t *species_i
     const int Q = ly.Q;
     const int64_t block = int64_t(Q) * L2;
     CentreBasis<T> b;
+    PairWork<T> pair;
+    pair.reserve(ly);
     std::vector<T> scratch;
     for_each_centre(n_edges, edge_index, order, [&](int64_t i, int64_t first, int64_t last) {
         centre_basis<T, L, true>(ly, species_index, edge_index + n_edges, vectors, order, first, last, b);
@@ -548,7 +577,7 @@ void pull_back_edges(const Layout &ly, int64_t n_local, const int64_t *species_i
         T *radial_sum = scratch.data(), *G = radial_sum + c;
         const T *ux = b.u.data(), *uy = ux + c, *uz = uy + c;
         for (int64_t row = 0; row < n_rows; ++row) {
-            density_grad_of_centre(ly, density + i * block, feature_grad + (row * n_local + i) * ly.D, dc);
+            density_grad_of_centre(ly, density + i * block, feature_grad + (row * n_local + i) * ly.D, dc, pair);
             constexpr int W = kChunk<T>;
             for (int64_t k0 = 0; k0 < lanes; k0 += W) {
                 // radial part: sum_q (sum_lm dF/dc[q][lm] Y[lm]) dR[q], kBlock rows q at a time
@@ -636,7 +665,9 @@ int forward(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n
         accumulate_density<T, decltype(l)::value>(ly, species_index, n_edges, edge_index, vectors, order, density);
     });
     const int64_t block = int64_t(ly.Q) * ly.L2;
-    for (int64_t i = 0; i < n_local; ++i) features_of_centre(ly, density + i * block, features + i * ly.D);
+    PairWork<T> pair;
+    pair.reserve(ly);
+    for (int64_t i = 0; i < n_local; ++i) features_of_centre(ly, density + i * block, features + i * ly.D, pair);
     return MLIP_OK;
 }
 
