@@ -3,6 +3,8 @@
 // LAMMPS calls the C function lammpsplugin_init(lmp, handle, regfunc) of the shared object
 // and expects one registration call per style with a small record (see the LAMMPS manual,
 // "Writing plugins"). The record is declared here: this plugin does not need LAMMPS sources.
+// The file LAMMPS opens is the loader (plugin_loader.cpp), which calls mlip_lammpsplugin_init
+// of this library with the same arguments.
 #include "compute_mlip_atom.h"
 #include "pair_mlip.h"
 
@@ -31,7 +33,7 @@ struct mlip_plugin_record {
 
 typedef void (*mlip_plugin_register)(mlip_plugin_record *, void *lmp);
 
-void lammpsplugin_init(void *lmp, void *handle, void *regfunc);
+void mlip_lammpsplugin_init(void *lmp, void *handle, void *regfunc);
 }
 
 static void *make_pair_mlip(void *lmp)
@@ -48,7 +50,7 @@ static void *make_compute_mlip_atom(void *lmp, int argc, char **argv)
 #define MLIP_LAMMPS_VERSION nullptr
 #endif
 
-void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
+void mlip_lammpsplugin_init(void *lmp, void *handle, void *regfunc)
 {
   auto do_register = reinterpret_cast<mlip_plugin_register>(regfunc);
   // the LAMMPS version this was compiled against (LAMMPS warns on a mismatch); when the

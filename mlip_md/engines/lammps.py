@@ -14,7 +14,8 @@ The cache directory is ``$MLIP_MD_CACHE`` (default ``$XDG_CACHE_HOME/mlip_md`` o
 ``~/.cache/mlip_md``); its name holds a hash of the plugin sources, the torch and LAMMPS
 versions and the Python prefix, so upgrading any of them builds a fresh plugin. Builds run in a
 temporary directory and are renamed into place, under a file lock, so concurrent callers never
-see a half-written plugin. ``MLIP_MD_LAMMPS_PLUGIN`` overrides everything with a prebuilt file;
+see a half-written plugin. ``MLIP_MD_LAMMPS_PLUGIN`` overrides everything with a prebuilt file
+(the loader ``mlip_lammps_plugin.so``; the plugin proper ``mlip_lammps_plugin_impl.so`` lies next to it);
 ``MLIP_MD_LAMMPS_SOURCE`` points at the plugin sources when they are not next to the package;
 the C++ core the plugin compiles in (the fused descriptor kernel, ``csrc/``) is looked up in
 ``<sources>/csrc`` (installed package) and then ``<sources>/../csrc`` (source checkout);
@@ -48,7 +49,8 @@ __all__ = [
 ]
 
 PLUGIN_NAME = "mlip_lammps_plugin"
-PLUGIN_FILE = PLUGIN_NAME + ".so"
+PLUGIN_FILE = PLUGIN_NAME + ".so"  # the loader `plugin load` opens (lammps_interface/src/plugin_loader.cpp)
+PLUGIN_IMPL_FILE = PLUGIN_NAME + "_impl.so"  # the plugin proper, next to it
 PLUGIN_CORE_SOURCES = ("power_spectrum.cpp",)  # csrc/src files CMakeLists.txt compiles into the plugin
 
 
@@ -302,12 +304,13 @@ def build_plugin(destination: Path, jobs: Optional[int] = None, verbose: bool = 
                 configure.append(f"-DLAMMPS_VERSION_STRING={version}")
             _run(configure, log, env=env)
             _run([cmake, "--build", str(work / "build"), "-j", str(jobs or min(4, os.cpu_count() or 1))], log, env=env)
-        built = work / "build" / PLUGIN_FILE
-        if not built.is_file():
-            raise PluginBuildError(f"the build finished but produced no {PLUGIN_FILE}; see {log_path}")
         final = work / "plugin"
         final.mkdir()
-        shutil.copy2(built, final / PLUGIN_FILE)
+        for name in (PLUGIN_FILE, PLUGIN_IMPL_FILE):
+            built = work / "build" / name
+            if not built.is_file():
+                raise PluginBuildError(f"the build finished but produced no {name}; see {log_path}")
+            shutil.copy2(built, final / name)
         seconds = time.perf_counter() - start
         info = dict(_build_inputs(), build_seconds=round(seconds, 1), compiler=compiler, cmake=cmake)
         (final / "build.json").write_text(json.dumps(info, indent=1))
