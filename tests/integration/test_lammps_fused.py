@@ -214,3 +214,19 @@ def test_keyword_errors(plugin, tmp_path):
     got = results(plugin, old, atoms, ["Cu"])
     ref = results(plugin, str(CU_MODEL), atoms, ["Cu"])
     assert_same(got, ref, 1e-10)
+
+
+def test_loader_needs_the_plugin_proper_next_to_it(plugin, tmp_path):
+    """`plugin load` opens a loader (libtorch with RTLD_DEEPBIND, then <name>_impl.so from its own
+    directory): copied alone it names the missing file and the fix."""
+    from pathlib import Path
+
+    assert (Path(plugin).parent / "mlip_lammps_plugin_impl.so").is_file()
+    alone = tmp_path / "mlip_lammps_plugin.so"
+    shutil.copy(plugin, alone)
+    lmp = import_lammps().lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    try:
+        with pytest.raises(Exception, match=r"cannot load .*mlip_lammps_plugin_impl\.so.*rebuild the plugin"):
+            lmp.command(f"plugin load {alone}")
+    finally:
+        lmp.close()
