@@ -30,10 +30,13 @@ extern "C" {
 void lammpsplugin_init(void *lmp, void *handle, void *regfunc);
 }
 
+// a symbol of this file only: &lammpsplugin_init could resolve to another loaded copy of the loader
+static void anchor() {}
+
 static std::string own_directory()
 {
   Dl_info info{};
-  if (dladdr(reinterpret_cast<void *>(&lammpsplugin_init), &info) == 0 || !info.dli_fname) return ".";
+  if (dladdr(reinterpret_cast<void *>(&anchor), &info) == 0 || !info.dli_fname) return ".";
   const std::string path = info.dli_fname;
   const size_t slash = path.rfind('/');
   return slash == std::string::npos ? "." : path.substr(0, slash);
