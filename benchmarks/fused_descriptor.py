@@ -5,7 +5,8 @@ TorchScript model, side by side in one run, as the Python engines call them.
    of the shipped model (or --model) on rattled fcc Cu, TorchScript vs fused, float64 and
    float32 (the model re-exported in float32), plus float64 with the K per-member forces
    (``force_sigma``, i-PI's ``--committee full``). The neighbour list is built once and not
-   timed. Median of repeated calls after two warm-up calls. The fused float64 call is also
+   timed. Median of repeated calls after two warm-up calls, TorchScript and fused calls
+   alternating (robust ratios on a shared machine). The fused float64 call is also
    split into its three parts (C forward, TorchScript ``evaluate_features``, C backward).
 2. End to end: a real i-PI server (NVE Cu, as benchmarks/ipi_driver.py) served by
    ``mlip-md ipi --no-fused`` and by ``mlip-md ipi`` (fused, the default), steps/s.
@@ -17,8 +18,10 @@ Set OMP_NUM_THREADS (and GLIBC_TUNABLES, see BENCHMARKS.md) to control the envir
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,22 @@ from mlip_md.neighbors import neighbor_list
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ipi_driver import crystal, run_pair  # noqa: E402
 from model_throughput import time_call  # noqa: E402
+
+
+def time_interleaved(functions: dict, min_repeats: int = 3, min_seconds: float = 1.0) -> dict:
+    """Median seconds per call of each function, calls alternating (A B A B ...) so that load
+    from other processes on a shared machine hits every variant alike; two warm-up calls each."""
+    for fn in functions.values():
+        fn()
+        fn()
+    times = {name: [] for name in functions}
+    start = time.perf_counter()
+    while min(map(len, times.values())) < min_repeats or time.perf_counter() - start < min_seconds:
+        for name, fn in functions.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def step_function(model, species, edge_index, vectors, n, force_sigma=False):
@@ -89,14 +108,15 @@ def main() -> None:
         row = {"n": n, "edges": nl.i.size / n}
         for dtype_name, model in models.items():
             vectors = torch.from_numpy(nl.vectors).to(model.dtype)
-            for kind, variant in (("ts", model), ("fused", FusedModel(model))):
-                row[f"{kind}_{dtype_name}"] = time_call(step_function(variant, species, edge_index, vectors, n))
-                print(f"N={n:>6} {kind:<5} {dtype_name}: {row[f'{kind}_{dtype_name}'] * 1e3:9.1f} ms", flush=True)
-                if dtype_name == "float64":
-                    key = f"{kind}_sigma"
-                    row[key] = time_call(step_function(variant, species, edge_index, vectors, n, force_sigma=True),
-                                         min_repeats=2)
-                    print(f"N={n:>6} {kind:<5} float64 + force_sigma: {row[key] * 1e3:9.1f} ms", flush=True)
+            variants = {"ts": model, "fused": FusedModel(model)}
+            groups = [(dtype_name, False)] + ([("sigma", True)] if dtype_name == "float64" else [])
+            for label, sigma in groups:
+                got = time_interleaved({f"{kind}_{label}": step_function(variant, species, edge_index, vectors, n,
+                                                                         force_sigma=sigma)
+                                        for kind, variant in variants.items()}, min_repeats=2 if sigma else 3)
+                row.update(got)
+                print(f"N={n:>6} {dtype_name}{' + force_sigma' if sigma else ''}: "
+                      + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in got.items()), flush=True)
         row["parts"] = fused_parts(FusedModel(models["float64"]), species, edge_index,
                                    torch.from_numpy(nl.vectors), n)
         print(f"N={n:>6} fused float64 parts (ms): "
@@ -119,7 +139,7 @@ def main() -> None:
         "",
         "| N atoms | edges/atom | TorchScript f64 | fused f64 | fused / TorchScript f64 | TorchScript f32 | fused f32 | "
         "fused / TorchScript f32 | fused f32 / TorchScript f64 | TorchScript f64 + force_sigma | "
-        "fused f64 + force_sigma | ratio |",
+        "fused f64 + force_sigma | fused / TorchScript, force_sigma |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

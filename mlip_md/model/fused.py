@@ -54,7 +54,7 @@ def fused_unsupported_reason(model, device: Optional[str] = None) -> Optional[st
         return None
     if isinstance(model, CompiledModel):
         return (f"{model.path} is a compiled package (.pt2), which evaluates its own descriptor; "
-                "use the .pt model with fused=True, or the package with fused=False")
+                "use the .pt model for the fused kernel, or the package with fused=False (--no-fused)")
     device = torch.device(device if device is not None else model.device)
     if device.type != "cpu":
         return (f"the fused descriptor kernel runs on the CPU only, the model is on {device}; "
@@ -62,17 +62,17 @@ def fused_unsupported_reason(model, device: Optional[str] = None) -> Optional[st
     descriptor = model.metadata.get("descriptor")
     if not isinstance(descriptor, dict):
         return (f"model file {model.path} has no descriptor block in its metadata (written by an older "
-                "mlip_md); re-export it with mlip_md.model.io.reexport(old, new), or use fused=False")
+                "mlip_md); re-export it with mlip_md.model.io.reexport(old, new), or use fused=False (--no-fused)")
     if descriptor.get("kind") != DESCRIPTOR_KIND or descriptor.get("version") != DESCRIPTOR_VERSION:
         return (f"model file {model.path} uses descriptor {descriptor.get('kind')!r} version "
                 f"{descriptor.get('version')!r}; the fused kernel implements {DESCRIPTOR_KIND!r} version "
-                f"{DESCRIPTOR_VERSION} only: use fused=False")
+                f"{DESCRIPTOR_VERSION} only: use fused=False (--no-fused)")
     if model.module is None or not hasattr(model.module, "evaluate_features"):
         return (f"model file {model.path} has no evaluate_features method (written by an older mlip_md); "
-                "re-export it with mlip_md.model.io.reexport(old, new), or use fused=False")
+                "re-export it with mlip_md.model.io.reexport(old, new), or use fused=False (--no-fused)")
     if _kernel() is None:
         return ("mlip_md's compiled core was built without the power-spectrum kernel; rebuild it "
-                "(pip install -e . or python setup.py build_ext --inplace), or use fused=False")
+                "(pip install -e . or python setup.py build_ext --inplace), or use fused=False (--no-fused)")
     return None
 
 
