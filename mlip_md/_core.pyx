@@ -625,3 +625,42 @@ def power_spectrum_backward(params, species_index, edge_index, edge_vectors, den
     if status != MLIP_OK:
         raise ValueError(errbuf.decode("utf-8", "replace"))
     return out if batched else out[0]
+
+
+# ============================================================================
+# Force and virial assembly (section 6 of mlip_md.h)
+# ============================================================================
+cdef extern from "mlip_md.h" nogil:
+    int mlip_assemble_forces(int64_t n_atoms, int64_t n_edges, const int64_t *edge_index,
+                             const double *edge_grad, const double *edge_vectors, double *forces,
+                             double *virial, char *errbuf, size_t errbuf_len)
+
+
+def assemble_forces(edge_index, edge_grad, edge_vectors, int64_t n_atoms):
+    """Raw ``mlip_assemble_forces``: ``(forces [n_atoms, 3], virial [3, 3])`` in float64 from
+    edge_index [2, E], edge_grad [E, 3] and edge_vectors [E, 3] (None: no virial, returned as None)."""
+    cdef cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] ei = np.ascontiguousarray(edge_index, dtype=np.int64)
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] g = np.ascontiguousarray(edge_grad, dtype=np.float64)
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] v
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] w
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] f = np.empty((max(n_atoms, 0), 3), np.float64)
+    cdef int64_t n_edges = g.shape[0]
+    cdef const double *vp = NULL
+    cdef double *wp = NULL
+    cdef int status
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if ei.shape[0] != 2 or ei.shape[1] != n_edges or g.shape[1] != 3:
+        raise ValueError("need edge_index [2, E] and edge_grad [E, 3]")
+    w = np.zeros((3, 3), np.float64)
+    if edge_vectors is not None:
+        v = np.ascontiguousarray(edge_vectors, dtype=np.float64)
+        if v.shape[0] != n_edges or v.shape[1] != 3:
+            raise ValueError("edge_vectors must be [E, 3] like edge_grad")
+        vp = <const double *>v.data
+        wp = <double *>w.data
+    with nogil:
+        status = mlip_assemble_forces(n_atoms, n_edges, <const int64_t *>ei.data, <const double *>g.data, vp,
+                                      <double *>f.data, wp, errbuf, MLIP_ERRBUF_LEN)
+    if status != MLIP_OK:
+        raise ValueError(errbuf.decode("utf-8", "replace"))
+    return f, (w if edge_vectors is not None else None)

@@ -18,10 +18,9 @@ import torch
 
 from .errors import InvalidStructureError
 from .model.assemble import (
-    forces_from_edge_grad,
+    forces_and_virial,
     member_forces_from_edge_grad,
     stress_from_virial,
-    virial_from_edge_grad,
 )
 from .model.io import ExportedModel, load_model
 from .neighbors import neighbor_list
@@ -201,8 +200,7 @@ class Predictor:
             forces = out["forces"].to(torch.float64)
             virial = out["virial"].to(torch.float64)
         else:
-            forces = forces_from_edge_grad(grad, edge_index, n)
-            virial = virial_from_edge_grad(grad, vectors64)
+            forces, virial = forces_and_virial(grad, edge_index, vectors64, n)
         volume = abs(float(np.linalg.det(cell)))
         stress = None
         if bool(np.all(pbc)) and volume > 0:

@@ -23,6 +23,7 @@
  *   3. i-PI wire codec (socket messages; atomic units <-> eV, Angstrom)
  *   4. Switching functions (QM/ML hybrid)
  *   5. Power-spectrum descriptor (fused forward and backward of the built-in model)
+ *   6. Force and virial assembly from edge gradients
  */
 #ifndef MLIP_MD_H
 #define MLIP_MD_H
@@ -515,6 +516,26 @@ MLIP_API int mlip_power_spectrum_backward_f32(const mlip_power_spectrum_params *
                                               const float *density, int64_t n_rows,
                                               const float *feature_grad, float *edge_grad, char *errbuf,
                                               size_t errbuf_len);
+
+/* ========================================================================= */
+/* 6. Force and virial assembly                                              */
+/* ========================================================================= */
+/*
+ * Forces and virial from the model's edge gradients g_ij = dE/d(r_j - r_i) (DESIGN.md):
+ *
+ *   F_i += g_ij,  F_j -= g_ij,  W_ab = -sum_ij r_ij,a g_ij,b
+ *
+ *   edge_index    [2][E] atom pairs (i, j), both < n_atoms
+ *   edge_grad     [E][3] eV/Angstrom
+ *   edge_vectors  [E][3] Angstrom (only read for the virial; may be NULL when virial is NULL)
+ *   forces        output [n_atoms][3] eV/Angstrom (overwritten)
+ *   virial        output [3][3] eV, C order, or NULL
+ *
+ * Returns MLIP_OK or MLIP_ERR_INVALID_ARGUMENT (index out of range, NULL arrays). No
+ * allocation, thread-safe. */
+MLIP_API int mlip_assemble_forces(int64_t n_atoms, int64_t n_edges, const int64_t *edge_index,
+                                  const double *edge_grad, const double *edge_vectors, double *forces,
+                                  double *virial, char *errbuf, size_t errbuf_len);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -33,6 +33,21 @@ def member_forces_from_edge_grad(
     return forces
 
 
+def forces_and_virial(
+    edge_grad: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_atoms: int
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Forces [n_atoms, 3] (eV/Å) and virial [3, 3] (eV) in one pass over the edges: the C core
+    (``mlip_assemble_forces``) for CPU tensors, torch elsewhere (float64 results)."""
+    if edge_grad.device.type == "cpu" and edge_index.device.type == "cpu":
+        from .._native import core
+
+        forces, virial = core.assemble_forces(edge_index.numpy(), edge_grad.detach().to(torch.float64).numpy(),
+                                              edge_vectors.detach().to(torch.float64).numpy(), n_atoms)
+        return torch.from_numpy(forces), torch.from_numpy(virial)
+    grad = edge_grad.detach().to(torch.float64)
+    return forces_from_edge_grad(grad, edge_index, n_atoms), virial_from_edge_grad(grad, edge_vectors.to(grad))
+
+
 def virial_from_edge_grad(edge_grad: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
     """Virial W [3, 3] in eV: W_ab = -sum_e r_e,a g_e,b."""
     return -(edge_vectors.transpose(0, 1) @ edge_grad)
