@@ -64,13 +64,16 @@ def steps_for(n_atoms: int, scale: float) -> int:
     return max(2, round(base * scale))
 
 
+SKIN = 2.0  # Å, LAMMPS's default neighbour skin in metal units; --skin changes it for every style
+
+
 def lammps_input(n_atoms: int, pair: list, warmup: int, steps: int) -> str:
     cells = cells_for(n_atoms)
     return "\n".join([
         "units metal", "atom_style atomic", "boundary p p p",
         f"lattice fcc {LATTICE}", f"region box block 0 {cells} 0 {cells} 0 {cells}",
         "create_box 1 box", "create_atoms 1 box", "mass 1 63.546",
-        *pair,
+        *pair, f"neighbor {SKIN} bin",
         "velocity all create 300 4928459 mom yes rot yes dist gaussian loop geom",
         "timestep 0.001", "fix integrate all nve", "thermo 0",
         f"run {warmup}", f"run {steps}", "",
@@ -179,6 +182,7 @@ def fused_table(results: dict, mpi_sizes) -> list:
 
 
 def main() -> None:
+    global SKIN
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 4000, 32000])
     parser.add_argument("--mpi-sizes", type=int, nargs="*", default=[32000], help="sizes also run with mpiexec -n 2")
@@ -194,7 +198,10 @@ def main() -> None:
     parser.add_argument("--eam", action="store_true", help="also time LAMMPS eam/alloy (Cu_mishin1)")
     parser.add_argument("--compiled32", help="float32 package of --model (mlip-md compile --dtype float32)")
     parser.add_argument("--no-fused", action="store_true", help="leave out the fused descriptor kernel rows")
+    parser.add_argument("--skin", type=float, default=SKIN,
+                        help="neighbour skin (Å) of every LAMMPS run (default 2.0, LAMMPS's metal default)")
     args = parser.parse_args()
+    SKIN = args.skin
 
     model = str(resolve_model_path(args.model).resolve())
     plugin = str(plugin_path(build=True, verbose=True))
@@ -267,7 +274,7 @@ def main() -> None:
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, torch {torch.__version__}, {args.threads} thread(s) per process, "
-        f"fastest of {args.repeat} run(s); "
+        f"fastest of {args.repeat} run(s); LAMMPS neighbour skin {SKIN} Å; "
         f"load average {load_start:.1f} at start, {load_end:.1f} at end.",
         "",
         "steps/s (katom-steps/s); outside = fraction of the step time spent outside the model call",

@@ -15,9 +15,16 @@ void build_batch(double *const *x, const int *type, int nlocal, int nall, const 
     const int z = type_to_z[type[k]];
     batch.species[k] = z > 0 ? z : unused_z;
   }
-  batch.src.clear();
-  batch.dst.clear();
-  batch.vectors.clear();
+  // sized for every listed pair (the list holds cutoff + skin), then each pair is written
+  // unconditionally and kept by advancing the count: no push_back, no branch on the cutoff test
+  size_t listed = 0;
+  for (int ii = 0; ii < list.inum; ++ii) listed += static_cast<size_t>(list.numneigh[list.ilist[ii]]);
+  batch.src.resize(listed + 1);
+  batch.dst.resize(listed + 1);
+  batch.vectors.resize(3 * (listed + 1));
+  int64_t *src = batch.src.data(), *dst = batch.dst.data();
+  double *vec = batch.vectors.data();
+  size_t kept = 0;
   for (int ii = 0; ii < list.inum; ++ii) {
     const int i = list.ilist[ii];
     if (type_to_z[type[i]] <= 0) continue;
@@ -27,14 +34,18 @@ void build_batch(double *const *x, const int *type, int nlocal, int nall, const 
     for (int jj = 0; jj < n; ++jj) {
       const int j = neighbours[jj] & NEIGHMASK;
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
-      if (dx * dx + dy * dy + dz * dz >= cutsq || type_to_z[type[j]] <= 0) continue;
-      batch.src.push_back(i);
-      batch.dst.push_back(j);
-      batch.vectors.push_back(dx);
-      batch.vectors.push_back(dy);
-      batch.vectors.push_back(dz);
+      src[kept] = i;
+      dst[kept] = j;
+      vec[3 * kept] = dx;
+      vec[3 * kept + 1] = dy;
+      vec[3 * kept + 2] = dz;
+      // types mapped to NULL (z = 0) get no edges
+      kept += (dx * dx + dy * dy + dz * dz < cutsq) & (type_to_z[type[j]] > 0);
     }
   }
+  batch.src.resize(kept);
+  batch.dst.resize(kept);
+  batch.vectors.resize(3 * kept);
 }
 
 Tally write_results(const EdgeBatch &batch, const ModelOutput &out, const int *type,
