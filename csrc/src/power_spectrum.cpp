@@ -33,10 +33,13 @@ constexpr int kMaxLM = (kMaxL + 1) * (kMaxL + 1);
 constexpr int kMaxRadial = 64;
 // Register blocking: chunks of kChunk<T> lanes (32 bytes) times kBlock rows give 8 independent
 // accumulator vectors, enough to hide the FMA latency. Lanes are padded to a multiple of kLanePad.
+#ifndef MLIP_PS_VECTOR_BYTES
+#define MLIP_PS_VECTOR_BYTES 32
+#endif
 template <typename T>
-constexpr int kChunk = 32 / int(sizeof(T));
+constexpr int kChunk = MLIP_PS_VECTOR_BYTES / int(sizeof(T));
 constexpr int kBlock = 4;
-constexpr int kLanePad = 8;
+constexpr int kLanePad = MLIP_PS_VECTOR_BYTES / 4;    // a multiple of kChunk<float> and kChunk<double>
 
 struct Layout {
     int S, N, L, L2, Q;
