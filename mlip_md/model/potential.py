@@ -237,6 +237,16 @@ class MLIPotential(torch.nn.Module):
         nearest_ratio = inf.scatter_reduce(0, edge_index[0], ratio, reduce="amin", include_self=True)
         return nearest, nearest_ratio
 
+    def _check_call(self, species: torch.Tensor, n_local: int) -> None:
+        """Errors shared by the contract calls: grad mode off, n_local out of range."""
+        if not torch.is_grad_enabled():
+            raise RuntimeError(
+                "mlip_md models compute forces with autograd: call them with grad mode "
+                "enabled (not inside torch.no_grad())"
+            )
+        if n_local < 0 or n_local > species.shape[0]:
+            raise ValueError("n_local must be between 0 and the number of atoms")
+
     # ------------------------------------------------------------------ contract
     @torch.jit.export
     def evaluate(
@@ -249,11 +259,7 @@ class MLIPotential(torch.nn.Module):
         compute_force_sigma: bool,
     ) -> Dict[str, torch.Tensor]:
         """The contract call with switches for the optional outputs (see class docstring)."""
-        if not torch.is_grad_enabled():
-            raise RuntimeError(
-                "mlip_md models compute forces with autograd: call them with grad mode "
-                "enabled (not inside torch.no_grad())"
-            )
+        self._check_call(species, n_local)
         if edge_vectors.dtype != self.feature_mean.dtype:
             raise ValueError(
                 "edge_vectors dtype does not match the model dtype; convert the inputs "
@@ -263,8 +269,6 @@ class MLIPotential(torch.nn.Module):
             raise ValueError("edge_index must have shape [2, E]")
         if edge_vectors.dim() != 2 or edge_vectors.shape[1] != 3 or edge_vectors.shape[0] != edge_index.shape[1]:
             raise ValueError("edge_vectors must have shape [E, 3] matching edge_index [2, E]")
-        if n_local < 0 or n_local > species.shape[0]:
-            raise ValueError("n_local must be between 0 and the number of atoms")
         species_index = self.species_index(species)
         if self.training:
             vectors = edge_vectors
@@ -296,19 +300,13 @@ class MLIPotential(torch.nn.Module):
         ``feature_grad`` [n_local, D] (dE/d raw_features, eV) instead of ``edge_grad``, and
         ``member_feature_grad`` [K, n_local, D] instead of ``member_edge_grad``.
         """
-        if not torch.is_grad_enabled():
-            raise RuntimeError(
-                "mlip_md models compute forces with autograd: call them with grad mode "
-                "enabled (not inside torch.no_grad())"
-            )
+        self._check_call(species, n_local)
         if raw_features.dtype != self.feature_mean.dtype:
             raise ValueError("raw_features dtype does not match the model dtype")
         if raw_features.dim() != 2 or raw_features.shape[0] != n_local or raw_features.shape[1] != self.n_features:
             raise ValueError(
                 "raw_features must have shape [n_local, " + str(self.n_features) + "]"
             )
-        if n_local < 0 or n_local > species.shape[0]:
-            raise ValueError("n_local must be between 0 and the number of atoms")
         species_index = self.species_index(species)
         raw = raw_features.detach().requires_grad_(True)
         features = (raw - self.feature_mean) / self.feature_scale
