@@ -81,17 +81,23 @@ class Predictor:
     """
 
     def __init__(self, model: Union[ExportedModel, str, Path, None] = None, device: str = "cpu",
-                 skin: float = 0.0, compiled: Union[str, Path, None] = None, fused: Optional[bool] = None):
+                 skin: float = 0.0, compiled: Union[str, Path, None] = None, fused: Optional[bool] = None,
+                 dtype: Optional[str] = None):
         """``skin`` (Å) > 0 reuses the neighbour list between calls (:class:`mlip_md.verlet.VerletList`);
         ``compiled``: a ``.pt2`` package of ``model`` (``mlip-md compile``) to evaluate instead;
         ``fused``: run the descriptor in the fused C++ kernel (:mod:`mlip_md.model.fused`):
         None = when the model and device support it (not with ``compiled``), True = required
-        (FusedModelError otherwise), False = never."""
+        (FusedModelError otherwise), False = never; ``dtype`` ("float32"/"float64", default: the
+        file's): the precision the model runs in (:meth:`ExportedModel.to_dtype`; a ``.pt2``
+        package has its own, fixed by ``mlip-md compile --dtype``)."""
         if compiled is not None and fused:
             from .model.fused import FusedModelError
 
             raise FusedModelError("fused=True and compiled= are alternatives (the .pt2 package evaluates its own "
                                   "descriptor); pass one of them")
+        if compiled is not None and dtype is not None:
+            raise ValueError("dtype= and compiled= are alternatives: a .pt2 package runs in the precision it was "
+                             "compiled for (mlip-md compile --dtype); pass one of them")
         if compiled is not None:
             from .model.compiled import load_compiled
 
@@ -101,6 +107,10 @@ class Predictor:
             self.model = model.to(device)
         else:
             self.model = load_model(model, device=device)
+        if dtype is not None:
+            if not isinstance(self.model, ExportedModel) or str(self.model.path).endswith(".pt2"):
+                raise ValueError("dtype= needs a TorchScript model file (.pt); a .pt2 package has a fixed precision")
+            self.model.to_dtype(dtype)
         if compiled is None:
             from .model.fused import maybe_fused
 

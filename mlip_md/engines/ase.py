@@ -74,6 +74,8 @@ class MLIPCalculator(Calculator):
         ``model="m.pt2"`` alone also works.
     fused: descriptor in the fused C++ kernel (mlip_md.model.fused): None = whenever the model
         and device support it (the default on the CPU), True = required, False = TorchScript only.
+    dtype: "float32" or "float64" (default: the file's): the precision the model runs in;
+        float32 is about 1.5x faster on the CPU, forces agree with float64 to ~1e-6 relative.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", *EXTRA_OUTPUTS]
@@ -89,12 +91,13 @@ class MLIPCalculator(Calculator):
         skin: float = 0.0,
         compiled: Union[str, Path, None] = None,
         fused: Optional[bool] = None,
+        dtype: Optional[str] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if close_contact not in CLOSE_CONTACT_ACTIONS:
             raise ValueError(f"close_contact must be one of {CLOSE_CONTACT_ACTIONS}, got {close_contact!r}")
-        self.predictor = Predictor(model, device=device, skin=skin, compiled=compiled, fused=fused)
+        self.predictor = Predictor(model, device=device, skin=skin, compiled=compiled, fused=fused, dtype=dtype)
         self.monitors = monitors
         self.force_sigma = force_sigma
         self.close_contact = close_contact

@@ -228,6 +228,18 @@ class ExportedModel:
         self.device = torch.device(device)
         return self
 
+    def to_dtype(self, dtype: str) -> "ExportedModel":
+        """Run the model in ``dtype`` ("float32" or "float64"): its floating-point weights and
+        buffers are converted in place (integer tables kept) and ``metadata["dtype"]`` follows,
+        with the file's own precision kept as ``metadata["stored_dtype"]``. The file is unchanged."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if dtype != self.metadata["dtype"]:
+            self.module.to(DTYPES[dtype])
+            self.metadata = dict(self.metadata, dtype=dtype,
+                                 stored_dtype=self.metadata.get("stored_dtype", self.metadata["dtype"]))
+        return self
+
     def check_elements(self, numbers) -> None:
         """Raise UnknownElementError naming unknown elements and the known ones."""
         from ..errors import UnknownElementError

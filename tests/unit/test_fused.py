@@ -219,3 +219,31 @@ def test_fused_model_call_matches_exported_keys():
             assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype, key
         assert torch.allclose(a["edge_grad"], b["edge_grad"], rtol=0, atol=1e-12)
     assert isinstance(fused, ExportedModel) and fused.cutoff == model.cutoff and fused.metadata is model.metadata
+
+
+def test_dtype_option_runs_a_float64_file_in_float32(tmp_path):
+    """Predictor(dtype="float32") on the float64 shipped model equals the model saved in float32,
+    fused or not, and the float64 result to float32 precision; the file is not touched."""
+    from mlip_md.model.io import load_potential, read_metadata
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=3)
+    f32_file = save_model(load_potential(load_model(None).path), tmp_path / "cu32.pt", dtype="float32")
+    reference = Predictor(f32_file, fused=False).predict_atoms(atoms, monitors=False)
+    exact = Predictor(None).predict_atoms(atoms, monitors=False)
+    for fused in (True, False):
+        predictor = Predictor(None, fused=fused, dtype="float32")
+        assert predictor.model.dtype == torch.float32
+        assert predictor.model.metadata["stored_dtype"] == "float64"
+        got = predictor.predict_atoms(atoms, monitors=False)
+        np.testing.assert_allclose(got.forces, reference.forces, rtol=0, atol=1e-5)
+        assert abs(got.energy - reference.energy) < 1e-3
+        np.testing.assert_allclose(got.forces, exact.forces, rtol=0, atol=1e-4)
+    assert read_metadata(load_model(None).path)["dtype"] == "float64"
+
+
+def test_dtype_option_errors():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        Predictor(None, dtype="float16")
+    with pytest.raises(ValueError, match="alternatives"):
+        Predictor(None, dtype="float32", compiled="cu.pt2")
