@@ -27,14 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlip_md.model.assemble import forces_from_edge_grad, virial_from_edge_grad
+from mlip_md.model.assemble import forces_and_virial
 from mlip_md.model.fused import FusedModel
 from mlip_md.model.io import load_model, load_potential, save_model
-from mlip_md.neighbors import neighbor_list
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ipi_driver import crystal, run_pair  # noqa: E402
-from model_throughput import time_call  # noqa: E402
+from ipi_driver import run_pair  # noqa: E402
+from model_throughput import contract_inputs, time_call  # noqa: E402
 
 
 def time_interleaved(functions: dict, min_repeats: int = 3, min_seconds: float = 1.0) -> dict:
@@ -56,9 +55,7 @@ def time_interleaved(functions: dict, min_repeats: int = 3, min_seconds: float =
 def step_function(model, species, edge_index, vectors, n, force_sigma=False):
     def step():
         out = model(species, edge_index, vectors, n, monitors=False, force_sigma=force_sigma)
-        grad = out["edge_grad"].to(torch.float64)  # as the Predictor assembles
-        forces_from_edge_grad(grad, edge_index, n)
-        virial_from_edge_grad(grad, vectors.to(torch.float64))
+        forces_and_virial(out["edge_grad"], edge_index, vectors, n)  # as the Predictor assembles
     return step
 
 
@@ -100,14 +97,11 @@ def main() -> None:
     threads = torch.get_num_threads()
     rows = []
     for n_target in args.sizes:
-        atoms = crystal(n_target)
+        atoms, species, edge_index, vectors64 = contract_inputs(n_target, source.cutoff)
         n = len(atoms)
-        nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, source.cutoff)
-        species = torch.from_numpy(atoms.numbers)
-        edge_index = torch.from_numpy(np.stack([nl.i, nl.j]))
-        row = {"n": n, "edges": nl.i.size / n}
+        row = {"n": n, "edges": edge_index.shape[1] / n}
         for dtype_name, model in models.items():
-            vectors = torch.from_numpy(nl.vectors).to(model.dtype)
+            vectors = vectors64.to(model.dtype)
             variants = {"ts": model, "fused": FusedModel(model)}
             groups = [(dtype_name, False)] + ([("sigma", True)] if dtype_name == "float64" else [])
             for label, sigma in groups:
@@ -118,7 +112,7 @@ def main() -> None:
                 print(f"N={n:>6} {dtype_name}{' + force_sigma' if sigma else ''}: "
                       + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in got.items()), flush=True)
         row["parts"] = fused_parts(FusedModel(models["float64"]), species, edge_index,
-                                   torch.from_numpy(nl.vectors), n)
+                                   vectors64, n)
         print(f"N={n:>6} fused float64 parts (ms): "
               + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in row["parts"].items()), flush=True)
         if not args.no_ipi:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from ase.build import bulk
 
-from mlip_md.model.assemble import forces_from_edge_grad, virial_from_edge_grad
+from mlip_md.model.assemble import forces_and_virial
 from mlip_md.model.io import load_model, load_potential, save_model
 from mlip_md.neighbors import neighbor_list
 
@@ -30,6 +30,15 @@ def crystal(n_target: int, seed: int = 0):
     atoms = bulk("Cu", "fcc", a=3.615, cubic=True).repeat(cells)
     atoms.rattle(0.05, seed=seed)
     return atoms
+
+
+def contract_inputs(n_target: int, cutoff: float):
+    """A rattled fcc Cu cell of about ``n_target`` atoms as the model contract takes it:
+    (atoms, species int64 [n], edge_index int64 [2, E], edge vectors float64 [E, 3] Å)."""
+    atoms = crystal(n_target)
+    nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    return (atoms, torch.from_numpy(atoms.numbers.astype(np.int64)),
+            torch.from_numpy(np.stack([nl.i, nl.j])), torch.from_numpy(nl.vectors))
 
 
 def time_call(fn, min_repeats: int = 3, min_seconds: float = 1.0) -> float:
@@ -68,21 +77,17 @@ def main() -> None:
 
     rows = []
     for n_target in args.sizes:
-        atoms = crystal(n_target)
+        atoms, species, edge_index, vectors64 = contract_inputs(n_target, source.cutoff)
         n = len(atoms)
-        nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, source.cutoff)
-        species = torch.from_numpy(atoms.numbers)
-        edge_index = torch.from_numpy(np.stack([nl.i, nl.j]))
         for (kind, dtype_name), (module, dtype) in variants.items():
-            vectors = torch.from_numpy(nl.vectors).to(dtype)
+            vectors = vectors64.to(dtype)
 
             def step():
                 if kind == "compiled":  # forces and virial come assembled from the graph
                     module(species, edge_index, vectors, n, monitors=False)
                     return
                 out = module.evaluate(species, edge_index, vectors, n, False, False)
-                forces_from_edge_grad(out["edge_grad"], edge_index, n)
-                virial_from_edge_grad(out["edge_grad"], vectors)
+                forces_and_virial(out["edge_grad"], edge_index, vectors, n)
 
             seconds = time_call(step)
             rows.append((n, kind, dtype_name, seconds, n / seconds))

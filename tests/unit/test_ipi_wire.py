@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from mlip_md.engines import ipi_wire as w
 from mlip_md.errors import ProtocolError
 
-ipi_units = pytest.importorskip("ipi.utils.units")
-ipi_sockets = pytest.importorskip("ipi.interfaces.sockets")
+import ipi.interfaces.sockets as ipi_sockets  # noqa: E402  (i-PI is a core dependency: never skipped)
+import ipi.utils.units as ipi_units  # noqa: E402
 from ipi.pes._ase import ASEDriver  # noqa: E402
 from ipi.utils.mathtools import abc2h, invert_ut3x3  # noqa: E402
 
