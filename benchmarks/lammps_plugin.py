@@ -24,7 +24,8 @@ and (--eam) LAMMPS eam/alloy (Cu_mishin1) as a second field anchor.
 
 The "LAMMPS + plugin" rows run the TorchScript descriptor (`pair_style mlip m.pt fused no`);
 unless --no-fused, the fused descriptor kernel runs beside them (`fused yes`, float64, and
-`fused yes dtype float32`) on 1 rank and, for --mpi-sizes, 2 ranks; --compiled32 adds a float32
+`fused yes dtype float32`, with the C readout, and both again with `readout torchscript`) on 1
+rank and, for --mpi-sizes, 2 ranks; --compiled32 adds a float32
 package (`mlip-md compile --dtype float32`). The "Fused descriptor kernel" table puts them side
 by side with .pt, .pt2, SNAP and EAM as katom-steps/s and ratios.
 
@@ -150,9 +151,12 @@ def fmt_rate(result: dict, n_atoms: int) -> str:
 def fused_table(results: dict, mpi_sizes) -> list:
     """The fused kernel beside .pt (TorchScript descriptor), .pt2, SNAP and EAM: katom-steps/s
     per (N, ranks) and the ratios that matter."""
-    columns = [("lammps", ".pt"), ("lammps_fused", "fused f64"), ("lammps_fused32", "fused f32"),
+    columns = [("lammps", ".pt"), ("lammps_fused_ts", "fused f64, TS readout"), ("lammps_fused", "fused f64"),
+               ("lammps_fused32_ts", "fused f32, TS readout"), ("lammps_fused32", "fused f32"),
                ("lammps_pt2", ".pt2"), ("lammps_pt2_32", ".pt2 f32"), ("snap", "SNAP"), ("eam", "EAM")]
     ratios = [("lammps_fused", "lammps", "fused f64 / .pt"), ("lammps_fused32", "lammps", "fused f32 / .pt"),
+              ("lammps_fused", "lammps_fused_ts", "C / TS readout f64"),
+              ("lammps_fused32", "lammps_fused32_ts", "C / TS readout f32"),
               ("lammps_fused", "lammps_pt2", "fused f64 / .pt2"), ("lammps_fused32", "lammps_pt2_32", "fused f32 / .pt2 f32"),
               ("lammps_fused32", "snap", "fused f32 / SNAP")]
     lines = ["", "Fused descriptor kernel side by side, katom-steps/s (SNAP and EAM on 1 rank only):", "",
@@ -215,6 +219,12 @@ def main() -> None:
              "fused kernel, float64"),
             ("fused32", [f"plugin load {plugin}", f"pair_style mlip {model} fused yes dtype float32",
                          "pair_coeff * * Cu"], "fused kernel, float32"),
+            # the same with the model's TorchScript readout instead of the C one
+            ("fused_ts", [f"plugin load {plugin}", f"pair_style mlip {model} fused yes readout torchscript",
+                          "pair_coeff * * Cu"], "fused kernel, TorchScript readout, float64"),
+            ("fused32_ts", [f"plugin load {plugin}",
+                            f"pair_style mlip {model} fused yes readout torchscript dtype float32",
+                            "pair_coeff * * Cu"], "fused kernel, TorchScript readout, float32"),
         ]
     if args.compiled32:
         extra_pairs.append(("pt2_32", [f"plugin load {plugin}", f"pair_style mlip {Path(args.compiled32).resolve()}",

@@ -664,3 +664,117 @@ def assemble_forces(edge_index, edge_grad, edge_vectors, int64_t n_atoms):
     if status != MLIP_OK:
         raise ValueError(errbuf.decode("utf-8", "replace"))
     return f, (w if edge_vectors is not None else None)
+
+
+# ============================================================================
+# Ensemble MLP readout (section 7 of mlip_md.h)
+# ============================================================================
+cdef extern from "mlip_md.h" nogil:
+    ctypedef struct mlip_mlp_readout:
+        pass
+    ctypedef struct mlip_mlp_readout_spec:
+        int32_t n_species
+        int32_t n_members
+        int32_t n_layers
+        const int32_t *sizes
+        const double *const *weights
+        const double *const *biases
+        const double *feature_mean
+        const double *feature_scale
+        const double *reference_energy
+        double energy_scale
+    int mlip_mlp_readout_create(const mlip_mlp_readout_spec *spec, int32_t precision, mlip_mlp_readout **out,
+                                char *errbuf, size_t errbuf_len)
+    void mlip_mlp_readout_free(mlip_mlp_readout *readout)
+    int mlip_mlp_readout_evaluate_f64(const mlip_mlp_readout *readout, int64_t n_atoms,
+                                      const int64_t *species_index, const double *features, double *atomic_energy,
+                                      double *member_energy, double *feature_grad, char *errbuf,
+                                      size_t errbuf_len)
+    int mlip_mlp_readout_evaluate_f32(const mlip_mlp_readout *readout, int64_t n_atoms,
+                                      const int64_t *species_index, const float *features, float *atomic_energy,
+                                      float *member_energy, float *feature_grad, char *errbuf, size_t errbuf_len)
+
+
+cdef class MLPReadout:
+    """``mlip_mlp_readout``: weights [layers] of [S, K, in, out], biases [layers] of [S, K, out],
+    feature_mean / feature_scale [D], reference_energy [S] (eV), energy_scale (eV); ``dtype``
+    numpy float64 or float32. ``evaluate(species_index [n], features [n, D])`` returns
+    ``(atomic_energy [n], member_energy [K, n], feature_grad [n, D])``."""
+    cdef mlip_mlp_readout *handle
+    cdef readonly object dtype
+    cdef readonly int64_t n_features, n_members
+
+    def __cinit__(self):
+        self.handle = NULL
+
+    def __init__(self, weights, biases, feature_mean, feature_scale, reference_energy, double energy_scale,
+                 dtype=np.float64):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise ValueError(f"dtype must be float64 or float32, got {self.dtype}")
+        ws = [np.ascontiguousarray(w, dtype=np.float64) for w in weights]
+        bs = [np.ascontiguousarray(b, dtype=np.float64) for b in biases]
+        if len(ws) < 2 or len(bs) != len(ws) or any(w.ndim != 4 for w in ws):
+            raise ValueError("need >= 2 layers of weights [S, K, in, out] and as many biases [S, K, out]")
+        n_species, n_members = ws[0].shape[0], ws[0].shape[1]
+        sizes = [ws[0].shape[2]] + [w.shape[3] for w in ws]
+        for l, (w, b) in enumerate(zip(ws, bs)):
+            if (w.shape[:2] != (n_species, n_members) or w.shape[2] != sizes[l]
+                    or b.size != n_species * n_members * sizes[l + 1]):
+                raise ValueError(f"layer {l}: weights {w.shape} / biases {b.shape} do not chain")
+        mean = np.ascontiguousarray(feature_mean, dtype=np.float64)
+        scale = np.ascontiguousarray(feature_scale, dtype=np.float64)
+        ref = np.ascontiguousarray(reference_energy, dtype=np.float64)
+        if mean.shape != (sizes[0],) or scale.shape != (sizes[0],) or ref.shape != (n_species,):
+            raise ValueError("feature_mean / feature_scale must be [D] and reference_energy [S]")
+        cdef cnp.ndarray[cnp.int32_t, ndim=1, mode="c"] csizes = np.asarray(sizes, dtype=np.int32)
+        cdef cnp.ndarray[cnp.uintp_t, ndim=1, mode="c"] wptr = np.asarray([w.ctypes.data for w in ws], np.uintp)
+        cdef cnp.ndarray[cnp.uintp_t, ndim=1, mode="c"] bptr = np.asarray([b.ctypes.data for b in bs], np.uintp)
+        cdef cnp.ndarray cm = mean, cs = scale, cr = ref
+        cdef mlip_mlp_readout_spec spec
+        spec.n_species = n_species
+        spec.n_members = n_members
+        spec.n_layers = len(ws)
+        spec.sizes = <const int32_t *>csizes.data
+        spec.weights = <const double *const *>wptr.data
+        spec.biases = <const double *const *>bptr.data
+        spec.feature_mean = <const double *>cm.data
+        spec.feature_scale = <const double *>cs.data
+        spec.reference_energy = <const double *>cr.data
+        spec.energy_scale = energy_scale
+        cdef char errbuf[MLIP_ERRBUF_LEN]
+        cdef int precision = 32 if self.dtype == np.dtype(np.float32) else 64
+        if mlip_mlp_readout_create(&spec, precision, &self.handle, errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+            raise ValueError(errbuf.decode("utf-8", "replace"))
+        self.n_features = sizes[0]
+        self.n_members = n_members
+
+    def __dealloc__(self):
+        mlip_mlp_readout_free(self.handle)
+
+    def evaluate(self, species_index, features):
+        cdef cnp.ndarray s = np.ascontiguousarray(species_index, dtype=np.int64)
+        cdef cnp.ndarray x = np.ascontiguousarray(features, dtype=self.dtype)
+        if s.ndim != 1 or x.ndim != 2 or x.shape[0] != s.shape[0] or x.shape[1] != self.n_features:
+            raise ValueError(f"need species_index [n] and features [n, {self.n_features}]")
+        cdef int64_t n = s.shape[0]
+        cdef cnp.ndarray energy = np.empty(n, dtype=self.dtype)
+        cdef cnp.ndarray members = np.empty((self.n_members, n), dtype=self.dtype)
+        cdef cnp.ndarray grad = np.empty((n, self.n_features), dtype=self.dtype)
+        cdef int status
+        cdef char errbuf[MLIP_ERRBUF_LEN]
+        cdef bint single = self.dtype == np.dtype(np.float32)
+        with nogil:
+            if single:
+                status = mlip_mlp_readout_evaluate_f32(self.handle, n, <const int64_t *>s.data,
+                                                       <const float *>x.data, <float *>energy.data,
+                                                       <float *>members.data, <float *>grad.data, errbuf,
+                                                       MLIP_ERRBUF_LEN)
+            else:
+                status = mlip_mlp_readout_evaluate_f64(self.handle, n, <const int64_t *>s.data,
+                                                       <const double *>x.data, <double *>energy.data,
+                                                       <double *>members.data, <double *>grad.data, errbuf,
+                                                       MLIP_ERRBUF_LEN)
+        if status != MLIP_OK:
+            raise ValueError(errbuf.decode("utf-8", "replace"))
+        return energy, members, grad

@@ -24,6 +24,7 @@
  *   4. Switching functions (QM/ML hybrid)
  *   5. Power-spectrum descriptor (fused forward and backward of the built-in model)
  *   6. Force and virial assembly from edge gradients
+ *   7. Ensemble MLP readout (per-atom energies and their feature gradient)
  */
 #ifndef MLIP_MD_H
 #define MLIP_MD_H
@@ -536,6 +537,66 @@ MLIP_API int mlip_power_spectrum_backward_f32(const mlip_power_spectrum_params *
 MLIP_API int mlip_assemble_forces(int64_t n_atoms, int64_t n_edges, const int64_t *edge_index,
                                   const double *edge_grad, const double *edge_vectors, double *forces,
                                   double *virial, char *errbuf, size_t errbuf_len);
+
+/* ========================================================================= */
+/* 7. Ensemble MLP readout                                                   */
+/* ========================================================================= */
+/*
+ * The readout of the built-in model (mlip_md.model.readout.EnsembleReadout, SiLU hidden
+ * layers, uq "ensemble") for hosts that also run the fused descriptor (section 5): per atom i
+ * of species s and member k,
+ *
+ *   x_i  = (raw_i - feature_mean) / feature_scale
+ *   e_ik = MLP_sk(x_i) energy_scale + reference_energy[s]          (eV)
+ *   E_i  = mean_k e_ik,   feature_grad_i = d(sum_j E_j) / d raw_i  (eV per feature unit)
+ *
+ * where MLP_sk has n_layers linear layers y = x W + b (W [in][out]) with SiLU between them.
+ * It replaces the model's evaluate_features on steps that need neither monitors nor member
+ * gradients; results agree with it to rounding.
+ *
+ * A readout is created once from the weights (packed, standardisation folded into the first
+ * layer) and evaluated any number of times; it holds no mutable state (thread-safe).
+ */
+typedef struct mlip_mlp_readout mlip_mlp_readout;   /* opaque */
+
+typedef struct mlip_mlp_readout_spec {
+    int32_t n_species;                /* S >= 1                                           */
+    int32_t n_members;                /* K >= 1                                           */
+    int32_t n_layers;                 /* linear layers >= 2                               */
+    const int32_t *sizes;             /* [n_layers + 1]: D, H_1, ..., H_{n_layers-1}, 1   */
+    const double *const *weights;     /* [n_layers], layer l: [S][K][sizes[l]][sizes[l+1]] */
+    const double *const *biases;      /* [n_layers], layer l: [S][K][sizes[l+1]]           */
+    const double *feature_mean;       /* [D]                                              */
+    const double *feature_scale;      /* [D], finite and non-zero                         */
+    const double *reference_energy;   /* [S] eV                                           */
+    double energy_scale;              /* eV                                               */
+} mlip_mlp_readout_spec;
+
+/* Pack `spec` (copied; the caller's arrays may be freed afterwards) for evaluation in
+ * `precision` 32 (float) or 64 (double). Release with mlip_mlp_readout_free. Returns MLIP_OK,
+ * MLIP_ERR_INVALID_ARGUMENT or MLIP_ERR_OUT_OF_MEMORY. */
+MLIP_API int mlip_mlp_readout_create(const mlip_mlp_readout_spec *spec, int32_t precision,
+                                     mlip_mlp_readout **out, char *errbuf, size_t errbuf_len);
+MLIP_API void mlip_mlp_readout_free(mlip_mlp_readout *readout);
+
+/* Evaluate n_atoms atoms (the f32 / f64 entry point must match the precision):
+ *
+ *   species_index   [n_atoms] 0..S-1
+ *   features        [n_atoms][D] raw (unstandardised) features
+ *   atomic_energy   output [n_atoms] E_i, eV
+ *   member_energy   output [K][n_atoms] e_ik, eV, or NULL
+ *   feature_grad    output [n_atoms][D]
+ *
+ * Returns MLIP_OK, MLIP_ERR_INVALID_ARGUMENT (species out of range, wrong precision) or
+ * MLIP_ERR_OUT_OF_MEMORY. */
+MLIP_API int mlip_mlp_readout_evaluate_f64(const mlip_mlp_readout *readout, int64_t n_atoms,
+                                           const int64_t *species_index, const double *features,
+                                           double *atomic_energy, double *member_energy,
+                                           double *feature_grad, char *errbuf, size_t errbuf_len);
+MLIP_API int mlip_mlp_readout_evaluate_f32(const mlip_mlp_readout *readout, int64_t n_atoms,
+                                           const int64_t *species_index, const float *features,
+                                           float *atomic_energy, float *member_energy,
+                                           float *feature_grad, char *errbuf, size_t errbuf_len);
 
 #ifdef __cplusplus
 } /* extern "C" */

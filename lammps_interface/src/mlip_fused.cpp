@@ -136,4 +136,33 @@ const double *FusedDescriptor::backward(const EdgeBatch &batch, int n_rows)
   return out;
 }
 
+FusedReadout::FusedReadout(const mlip_mlp_readout_spec &spec, bool single) :
+    n_members_(spec.n_members), single_(single)
+{
+  char errbuf[512] = {0};
+  if (mlip_mlp_readout_create(&spec, single ? 32 : 64, &readout_, errbuf, sizeof(errbuf)) != MLIP_OK)
+    throw std::runtime_error(std::string("C readout: ") + errbuf);
+}
+
+FusedReadout::~FusedReadout() { mlip_mlp_readout_free(readout_); }
+
+void FusedReadout::evaluate(FusedDescriptor &descriptor)
+{
+  const int64_t n = descriptor.n_local();
+  char errbuf[512] = {0};
+  void *grad = descriptor.feature_grad(1);
+  if (single_)
+    check(mlip_mlp_readout_evaluate_f32(readout_, n, descriptor.species_index(),
+                                        static_cast<const float *>(descriptor.features()), sized(f_energy_, n),
+                                        sized(f_members_, n_members_ * n), static_cast<float *>(grad), errbuf,
+                                        sizeof(errbuf)),
+          errbuf, "readout");
+  else
+    check(mlip_mlp_readout_evaluate_f64(readout_, n, descriptor.species_index(),
+                                        static_cast<const double *>(descriptor.features()), sized(d_energy_, n),
+                                        sized(d_members_, n_members_ * n), static_cast<double *>(grad), errbuf,
+                                        sizeof(errbuf)),
+          errbuf, "readout");
+}
+
 }    // namespace MLIP

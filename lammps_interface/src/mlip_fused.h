@@ -7,6 +7,9 @@
 //   forward(batch)            features [n_local][D]           (run precision: double or float)
 //   feature_grad(K) <- fill   dF_k / d features [K][n_local][D]
 //   backward(batch, K)        dF_k / d edge vectors [K][E][3]  (float64, eV/Angstrom)
+//
+// FusedReadout is the model's readout in C++ (csrc/src/mlp_readout.cpp, mlip_md.h section 7),
+// used between forward and backward on steps that need neither monitors nor force sigma.
 #ifndef MLIP_FUSED_H
 #define MLIP_FUSED_H
 
@@ -40,6 +43,9 @@ class FusedDescriptor {
   // precision (the batch's own float64 vectors, or their float32 copy); valid until the next forward.
   void *features() { return single_ ? static_cast<void *>(f_features_.data()) : d_features_.data(); }
   int64_t *edge_index() { return edge_index_.data(); }
+  // After forward(): species index [n_all] (0..S-1) and the number of centres.
+  const int64_t *species_index() const { return species_index_.data(); }
+  int64_t n_local() const { return n_local_; }
   const void *vectors(const EdgeBatch &batch) const;
 
   // Buffer [n_rows][n_local][D] (run precision) for the rows of dF/d features: fill it, then
@@ -57,6 +63,30 @@ class FusedDescriptor {
   std::vector<int64_t> species_index_, edge_index_;
   std::vector<double> d_density_, d_features_, d_grad_, d_edge_grad_;
   std::vector<float> f_vectors_, f_density_, f_features_, f_grad_, f_edge_grad_;
+};
+
+class FusedReadout {
+ public:
+  // spec: the model's readout weights (copied); single: run in float32. Throws std::runtime_error.
+  FusedReadout(const mlip_mlp_readout_spec &spec, bool single);
+  ~FusedReadout();
+  FusedReadout(const FusedReadout &) = delete;
+  FusedReadout &operator=(const FusedReadout &) = delete;
+
+  int n_members() const { return n_members_; }
+  // Readout of the descriptor's last forward(): fills atomic_energy() [n_local] and
+  // member_energy() [K][n_local] (eV, run precision) and writes dE/d features into
+  // descriptor.feature_grad(1), ready for descriptor.backward(batch, 1).
+  void evaluate(FusedDescriptor &descriptor);
+  void *atomic_energy() { return single_ ? static_cast<void *>(f_energy_.data()) : d_energy_.data(); }
+  void *member_energy() { return single_ ? static_cast<void *>(f_members_.data()) : d_members_.data(); }
+
+ private:
+  mlip_mlp_readout *readout_ = nullptr;
+  int n_members_ = 0;
+  bool single_ = false;
+  std::vector<double> d_energy_, d_members_;
+  std::vector<float> f_energy_, f_members_;
 };
 
 }    // namespace MLIP

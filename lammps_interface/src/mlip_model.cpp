@@ -102,6 +102,8 @@ struct Model::Impl {
   std::unique_ptr<Model> source;
   // fused descriptor kernel (TorchScript models with a power_spectrum v1 descriptor), or null
   std::unique_ptr<FusedDescriptor> fused;
+  // its C readout (ensemble-MLP models), used on steps without monitors and force sigma, or null
+  std::unique_ptr<FusedReadout> readout;
   double kernel_seconds = 0.0;    // of the last evaluate()
 };
 
@@ -211,6 +213,53 @@ static void freeze_for_inference(torch::jit::Module &module)
   }
 }
 
+// The model's readout for the C kernel (mlip_md.h section 7) when it is an ensemble of SiLU MLPs
+// (architecture power_spectrum_ensemble_mlp, uq ensemble), else null; read before freezing.
+static std::unique_ptr<FusedReadout> make_fused_readout(torch::jit::Module &module, const JsonValue &meta,
+                                                        bool single)
+{
+  const JsonValue *architecture = meta.get("architecture");
+  const JsonValue *uq = meta.get("uq");
+  if (!architecture || !architecture->is_string() || architecture->text != "power_spectrum_ensemble_mlp" || !uq ||
+      !uq->is_string() || uq->text != "ensemble")
+    return nullptr;
+  std::map<std::string, torch::Tensor> named;
+  for (const auto &p : module.named_parameters(true)) named[p.name] = p.value;
+  for (const auto &b : module.named_buffers(true)) named[b.name] = b.value;
+  auto as_double = [&named](const std::string &name) {
+    auto it = named.find(name);
+    if (it == named.end()) throw std::runtime_error("model has no tensor '" + name + "'; re-export it");
+    return it->second.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  };
+  std::vector<torch::Tensor> weights, biases;
+  for (int l = 0; named.count("readout.layers." + std::to_string(l) + ".weight"); ++l) {
+    weights.push_back(as_double("readout.layers." + std::to_string(l) + ".weight"));
+    biases.push_back(as_double("readout.layers." + std::to_string(l) + ".bias"));
+  }
+  if (weights.size() < 2 || weights[0].dim() != 4) return nullptr;
+  std::vector<int32_t> sizes{static_cast<int32_t>(weights[0].size(2))};
+  std::vector<const double *> w, b;
+  for (size_t l = 0; l < weights.size(); ++l) {
+    sizes.push_back(static_cast<int32_t>(weights[l].size(3)));
+    w.push_back(weights[l].data_ptr<double>());
+    b.push_back(biases[l].data_ptr<double>());
+  }
+  torch::Tensor mean = as_double("feature_mean"), scale = as_double("feature_scale");
+  torch::Tensor reference = as_double("atomic_reference_energy"), energy_scale = as_double("energy_scale");
+  mlip_mlp_readout_spec spec{};
+  spec.n_species = static_cast<int32_t>(weights[0].size(0));
+  spec.n_members = static_cast<int32_t>(weights[0].size(1));
+  spec.n_layers = static_cast<int32_t>(weights.size());
+  spec.sizes = sizes.data();
+  spec.weights = w.data();
+  spec.biases = b.data();
+  spec.feature_mean = mean.data_ptr<double>();
+  spec.feature_scale = scale.data_ptr<double>();
+  spec.reference_energy = reference.data_ptr<double>();
+  spec.energy_scale = energy_scale.item<double>();
+  return std::make_unique<FusedReadout>(spec, single);
+}
+
 void Model::load(const std::string &path, const std::string &device, const ModelOptions &options)
 {
   impl_.reset();
@@ -288,6 +337,8 @@ void Model::load(const std::string &path, const std::string &device, const Model
                                : std::string("; use fused no with device ") + device));
   if (options.fused != ModelOptions::Fused::No && why.empty())
     impl->fused = std::make_unique<FusedDescriptor>(params, info_.atomic_numbers, impl->dtype == torch::kFloat32);
+  if (impl->fused && options.native_readout)
+    impl->readout = make_fused_readout(impl->module, meta, impl->dtype == torch::kFloat32);
   freeze_for_inference(impl->module);
   impl_ = std::move(impl);
 }
@@ -335,6 +386,11 @@ bool Model::compiled() const
   return impl_ && impl_->compiled;
 }
 
+bool Model::native_readout() const
+{
+  return impl_ && impl_->readout;
+}
+
 bool Model::fused() const
 {
   return impl_ && impl_->fused;
@@ -354,8 +410,8 @@ std::string Model::dtype() const
 // The fused path: kernel forward -> the model's evaluate_features -> kernel backward, one call
 // for the mean row and (force sigma) the K member rows. The edge gradients go into `results` as
 // float64 views of the kernel's buffers: edge_grad [E, 3], member_edge_grad [K, E, 3].
-static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, torch::Dtype dtype,
-                           const EdgeBatch &batch, bool monitors, bool force_sigma,
+static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, FusedReadout *readout,
+                           torch::Dtype dtype, const EdgeBatch &batch, bool monitors, bool force_sigma,
                            std::unordered_map<std::string, torch::Tensor> &results, double &kernel_seconds)
 {
   using clock = std::chrono::steady_clock;
@@ -367,6 +423,19 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, t
   kernel_seconds = std::chrono::duration<double>(clock::now() - start).count();
   const auto longs = torch::TensorOptions().dtype(torch::kLong);
   const auto reals = torch::TensorOptions().dtype(dtype);
+  const auto doubles = torch::TensorOptions().dtype(torch::kFloat64);
+  if (readout && !monitors && !force_sigma) {    // C readout: writes dE/d features for the backward
+    readout->evaluate(fused);
+    start = clock::now();
+    torch::Tensor atomic = torch::from_blob(readout->atomic_energy(), {n_local}, reals);
+    results["atomic_energy"] = atomic;
+    results["energy"] = atomic.sum();
+    results["energy_members"] = torch::from_blob(readout->member_energy(), {readout->n_members(), n_local}, reals);
+    const double *edge_grad = fused.backward(batch, 1);
+    kernel_seconds += std::chrono::duration<double>(clock::now() - start).count();
+    results["edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad), {n_edges, 3}, doubles);
+    return;
+  }
   // views of the host buffers (no copies); the model only reads them
   torch::Tensor species = torch::from_blob(const_cast<int64_t *>(batch.species.data()), {n_all}, longs);
   torch::Tensor features = torch::from_blob(fused.features(), {n_local, d}, reals);
@@ -401,7 +470,6 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, t
   start = clock::now();
   const double *edge_grad = fused.backward(batch, static_cast<int>(1 + k));
   kernel_seconds += std::chrono::duration<double>(clock::now() - start).count();
-  const auto doubles = torch::TensorOptions().dtype(torch::kFloat64);
   results["edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad), {n_edges, 3}, doubles);
   if (k) results["member_edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad) + 3 * n_edges,
                                                         {k, n_edges, 3}, doubles);
@@ -419,7 +487,8 @@ ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_si
   const int64_t n_edges = static_cast<int64_t>(batch.n_edges());
   std::unordered_map<std::string, torch::Tensor> results;
   if (m.fused) {
-    evaluate_fused(m.module, *m.fused, m.dtype, batch, monitors, force_sigma, results, m.kernel_seconds);
+    evaluate_fused(m.module, *m.fused, m.readout.get(), m.dtype, batch, monitors, force_sigma, results,
+                   m.kernel_seconds);
   } else {
     auto as_long = torch::TensorOptions().dtype(torch::kLong);
     auto as_double = torch::TensorOptions().dtype(torch::kFloat64);

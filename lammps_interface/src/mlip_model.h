@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -30,22 +31,43 @@ struct ModelInfo {
 // Model inputs in the contract's layout, filled by mlip_convert:
 // species [n_all] atomic numbers; edges e = (src[e] centre < n_local, dst[e] neighbour);
 // vectors [E*3] = r_dst - r_src (Angstrom).
+// std::allocator whose resize() leaves new elements uninitialised: the edge arrays are sized
+// for every listed pair and cut to the kept ones each step, and zero-filling the difference
+// again on the next step cost as much as writing the edges.
+template <typename T> struct UninitAllocator : std::allocator<T> {
+  template <typename U> struct rebind {
+    using other = UninitAllocator<U>;
+  };
+  UninitAllocator() = default;
+  template <typename U> UninitAllocator(const UninitAllocator<U> &) noexcept {}
+  template <typename U> void construct(U *p) noexcept { ::new (static_cast<void *>(p)) U; }
+  template <typename U, typename... Args> void construct(U *p, Args &&...args)
+  {
+    ::new (static_cast<void *>(p)) U(std::forward<Args>(args)...);
+  }
+};
+template <typename T> using EdgeArray = std::vector<T, UninitAllocator<T>>;
+
 struct EdgeBatch {
   int n_local = 0;
   std::vector<int64_t> species;
-  std::vector<int64_t> src, dst;
-  std::vector<double> vectors;
+  EdgeArray<int64_t> src, dst;
+  EdgeArray<double> vectors;
   size_t n_edges() const { return src.size(); }
 };
 
 // Float64 host views of the model outputs; valid until the next evaluate().
 // Optional outputs are nullptr when the model did not return them.
-// How to run a model (pair_style mlip keywords `fused` and `dtype`).
+// How to run a model (pair_style mlip keywords `fused`, `readout` and `dtype`).
 struct ModelOptions {
   enum class Fused { Auto, Yes, No };
   // Auto: the fused descriptor kernel when the model supports it (TorchScript .pt with a
   // power_spectrum v1 descriptor block and evaluate_features, on the CPU); Yes: required.
   Fused fused = Fused::Auto;
+  // With the fused kernel and an ensemble-MLP readout: evaluate the readout in C++ on steps
+  // without monitors and force sigma (`readout native`, default), or always with the model's
+  // TorchScript evaluate_features (`readout torchscript`).
+  bool native_readout = true;
   std::string dtype;    // "" = the model's own; "float32" / "float64": converted on load (.pt only)
 };
 
@@ -84,6 +106,8 @@ class Model {
   bool compiled() const;
   // True when the fused descriptor kernel computes the descriptor.
   bool fused() const;
+  // True when the fused path evaluates the readout in C++ on steps without monitors.
+  bool native_readout() const;
   // Precision the model runs in: "float64" or "float32" (info().dtype is the stored one).
   std::string dtype() const;
   // Seconds the fused kernel (forward + backward) took in the last evaluate() (0 unfused).

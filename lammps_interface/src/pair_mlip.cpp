@@ -72,7 +72,7 @@ void PairMLIP::settings(int narg, char **arg)
   if (narg < 1)
     error->all(FLERR,
                "Illegal pair_style mlip command: expected pair_style mlip model.pt [device cpu|cuda] "
-               "[fused yes|no] [dtype float64|float32] [uncertainty_every N] [monitor SIGNAL] "
+               "[fused yes|no] [readout native|torchscript] [dtype float64|float32] [uncertainty_every N] [monitor SIGNAL] "
                "[dump_above X file F] [halt_above Y]");
   model_path = arg[0];
   device = "cpu";
@@ -94,6 +94,13 @@ void PairMLIP::settings(int narg, char **arg)
       iarg += 2;
       continue;
     }
+    if (strcmp(arg[iarg], "readout") == 0) {
+      if (iarg + 1 >= narg || (strcmp(arg[iarg + 1], "native") != 0 && strcmp(arg[iarg + 1], "torchscript") != 0))
+        error->all(FLERR, "Illegal pair_style mlip command: readout needs native or torchscript");
+      options.native_readout = strcmp(arg[iarg + 1], "native") == 0;
+      iarg += 2;
+      continue;
+    }
     if (strcmp(arg[iarg], "dtype") == 0) {
       if (iarg + 1 >= narg || (strcmp(arg[iarg + 1], "float64") != 0 && strcmp(arg[iarg + 1], "float32") != 0))
         error->all(FLERR, "Illegal pair_style mlip command: dtype needs float64 or float32");
@@ -104,7 +111,7 @@ void PairMLIP::settings(int narg, char **arg)
     const int used = MLIP::parse_monitor_keyword(lmp, monitor_settings, narg, arg, iarg);
     if (used == 0)
       error->all(FLERR,
-                 "Illegal pair_style mlip command: unknown keyword '{}' (known: device, fused, dtype, "
+                 "Illegal pair_style mlip command: unknown keyword '{}' (known: device, fused, readout, dtype, "
                  "uncertainty_every, monitor, dump_above, halt_above)", arg[iarg]);
     iarg += used;
   }
@@ -127,7 +134,10 @@ void PairMLIP::settings(int narg, char **arg)
     const std::string dtype = model.dtype() == info.dtype ? info.dtype : model.dtype() + " (stored " + info.dtype + ")";
     utils::logmesg(lmp, "pair mlip: model {} (elements {}, cutoff {} A, {}, {} member(s)) on {}{}\n",
                    model_path, info.element_list(), info.cutoff, dtype, info.ensemble_size, device,
-                   model.compiled() ? ", compiled graphs" : model.fused() ? ", fused descriptor kernel" : "");
+                   model.compiled()         ? ", compiled graphs"
+                   : model.native_readout() ? ", fused descriptor kernel and C readout"
+                   : model.fused()          ? ", fused descriptor kernel"
+                                            : "");
     const int every = monitor_settings.effective_every();
     if (every > 0)
       utils::logmesg(lmp, "pair mlip: monitoring {} every {} step(s){}{}\n",

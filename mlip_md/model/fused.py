@@ -7,7 +7,8 @@ of the model (readout, ensemble, monitors) in its TorchScript ``evaluate_feature
 >>> out["edge_grad"]                                     # [E, 3], as from the .pt
 
 A call is: C forward (raw features [n_local, D] and the density workspace) ->
-``module.evaluate_features`` (energies, dE/d features, monitors) -> one C backward over the
+``module.evaluate_features`` (energies, dE/d features, monitors; on calls without monitors
+and force sigma the C readout of :mod:`.native_readout` instead) -> one C backward over the
 mean row and, with ``force_sigma``, the K member rows -> ``edge_grad`` [E, 3] and
 ``member_edge_grad`` [K, E, 3]. Same keys, units (eV, Å) and shapes as
 :meth:`ExportedModel.__call__ <mlip_md.model.io.ExportedModel.__call__>`.
@@ -26,6 +27,7 @@ import torch
 
 from ..errors import ModelFileError, UnknownElementError
 from .io import ExportedModel
+from .native_readout import native_readout as make_native_readout
 
 DESCRIPTOR_KIND = "power_spectrum"
 DESCRIPTOR_VERSION = 1
@@ -98,7 +100,7 @@ class FusedModel(ExportedModel):
     properties, same call, same outputs). ``self.module`` is the TorchScript module it shares
     with the wrapped model."""
 
-    def __init__(self, model: ExportedModel):
+    def __init__(self, model: ExportedModel, native_readout: bool = True):
         check_fused(model)
         super().__init__(model.module, model.metadata, model.path)
         self.device = torch.device("cpu")
@@ -111,6 +113,9 @@ class FusedModel(ExportedModel):
         table[self.atomic_numbers] = np.arange(len(self.atomic_numbers))
         self._species_table = table
         self._readout = frozen_readout(self.module)
+        #: the C readout (section 7 of mlip_md.h) used on calls without monitors and force sigma;
+        #: None when disabled or the model's readout is not an ensemble of MLPs
+        self.native_readout = make_native_readout(model) if native_readout else None
 
     @classmethod
     def load(cls, path=None, device: str = "cpu") -> "FusedModel":
@@ -147,9 +152,12 @@ class FusedModel(ExportedModel):
         pairs = np.ascontiguousarray(edge_index.cpu().numpy(), dtype=np.int64)
         vectors = np.ascontiguousarray(edge_vectors.detach().cpu().numpy(), dtype=np_dtype)
         features, density = self.kernel.power_spectrum_forward(self.params, index, pairs, vectors, n_local)
-        with torch.enable_grad():
-            out = self._readout.evaluate_features(species, torch.from_numpy(features), torch.from_numpy(pairs),
-                                                torch.from_numpy(vectors), n_local, monitors, force_sigma)
+        if self.native_readout is not None and not monitors and not force_sigma:
+            out = self.native_readout(index[:n_local], features)
+        else:
+            with torch.enable_grad():
+                out = self._readout.evaluate_features(species, torch.from_numpy(features), torch.from_numpy(pairs),
+                                                    torch.from_numpy(vectors), n_local, monitors, force_sigma)
         feature_grad = out.pop("feature_grad").detach()
         member_grad = out.pop("member_feature_grad", None)
         if member_grad is not None:  # mean row + K member rows in one backward pass

