@@ -6,6 +6,41 @@
 
 namespace MLIP {
 
+namespace {
+
+// The edge loop of build_batch: every listed pair is written unconditionally and kept by
+// advancing the count (no branch on the cutoff test). CheckTypes: some types are mapped to
+// NULL (z = 0) and their atoms get no edges; without them the per-neighbour type lookup is
+// skipped. x is LAMMPS's contiguous [nall][3] block (atom->x[0]).
+template <bool CheckTypes>
+size_t collect_edges(const double *x, const int *type, const NeighView &list, const std::vector<int> &type_to_z,
+                     double cutsq, int64_t *src, int64_t *dst, double *vec)
+{
+  size_t kept = 0;
+  for (int ii = 0; ii < list.inum; ++ii) {
+    const int i = list.ilist[ii];
+    if (CheckTypes && type_to_z[type[i]] <= 0) continue;
+    const double xi = x[3 * i], yi = x[3 * i + 1], zi = x[3 * i + 2];
+    const int *neighbours = list.firstneigh[i];
+    const int n = list.numneigh[i];
+    for (int jj = 0; jj < n; ++jj) {
+      const int j = neighbours[jj] & NEIGHMASK;
+      const double dx = x[3 * j] - xi, dy = x[3 * j + 1] - yi, dz = x[3 * j + 2] - zi;
+      src[kept] = i;
+      dst[kept] = j;
+      vec[3 * kept] = dx;
+      vec[3 * kept + 1] = dy;
+      vec[3 * kept + 2] = dz;
+      bool keep = dx * dx + dy * dy + dz * dz < cutsq;
+      if (CheckTypes) keep = keep & (type_to_z[type[j]] > 0);
+      kept += keep;
+    }
+  }
+  return kept;
+}
+
+}    // namespace
+
 void build_batch(double *const *x, const int *type, int nlocal, int nall, const NeighView &list,
                  const std::vector<int> &type_to_z, int unused_z, double cutsq, EdgeBatch &batch)
 {
@@ -15,38 +50,66 @@ void build_batch(double *const *x, const int *type, int nlocal, int nall, const 
     const int z = type_to_z[type[k]];
     batch.species[k] = z > 0 ? z : unused_z;
   }
-  // sized for every listed pair (the list holds cutoff + skin), then each pair is written
-  // unconditionally and kept by advancing the count: no push_back, no branch on the cutoff test
+  bool all_mapped = true;
+  for (size_t t = 1; t < type_to_z.size(); ++t) all_mapped = all_mapped && type_to_z[t] > 0;
+  // sized for every listed pair (the list holds cutoff + skin), then cut to the kept ones
   size_t listed = 0;
   for (int ii = 0; ii < list.inum; ++ii) listed += static_cast<size_t>(list.numneigh[list.ilist[ii]]);
   batch.src.resize(listed + 1);
   batch.dst.resize(listed + 1);
   batch.vectors.resize(3 * (listed + 1));
-  int64_t *src = batch.src.data(), *dst = batch.dst.data();
-  double *vec = batch.vectors.data();
-  size_t kept = 0;
-  for (int ii = 0; ii < list.inum; ++ii) {
-    const int i = list.ilist[ii];
-    if (type_to_z[type[i]] <= 0) continue;
-    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
-    const int *neighbours = list.firstneigh[i];
-    const int n = list.numneigh[i];
-    for (int jj = 0; jj < n; ++jj) {
-      const int j = neighbours[jj] & NEIGHMASK;
-      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
-      src[kept] = i;
-      dst[kept] = j;
-      vec[3 * kept] = dx;
-      vec[3 * kept + 1] = dy;
-      vec[3 * kept + 2] = dz;
-      // types mapped to NULL (z = 0) get no edges
-      kept += (dx * dx + dy * dy + dz * dz < cutsq) & (type_to_z[type[j]] > 0);
-    }
-  }
+  const double *xs = nall > 0 ? x[0] : nullptr;
+  const size_t kept =
+      all_mapped ? collect_edges<false>(xs, type, list, type_to_z, cutsq, batch.src.data(), batch.dst.data(),
+                                        batch.vectors.data())
+                 : collect_edges<true>(xs, type, list, type_to_z, cutsq, batch.src.data(), batch.dst.data(),
+                                       batch.vectors.data());
   batch.src.resize(kept);
   batch.dst.resize(kept);
   batch.vectors.resize(3 * kept);
 }
+
+namespace {
+
+// F_i += g, F_j -= g over the edges (f: LAMMPS's contiguous [nall][3] block, atom->f[0]), with
+// the virial terms only when asked for; returns the first atom with a non-finite gradient, or -1.
+template <bool Virial>
+int scatter_forces(const EdgeBatch &batch, const double *g, double *f, double *w, double **vatom)
+{
+  const size_t n_edges = batch.n_edges();
+  const int64_t *src = batch.src.data(), *dst = batch.dst.data();
+  const double *r = batch.vectors.data();
+  double finite = 0.0;    // stays finite unless some gradient is not: one test after the loop
+  for (size_t e = 0; e < n_edges; ++e) {
+    const int64_t i = src[e], j = dst[e];
+    const double gx = g[3 * e], gy = g[3 * e + 1], gz = g[3 * e + 2];
+    finite += 0.0 * (gx + gy + gz);
+    f[3 * i] += gx;
+    f[3 * i + 1] += gy;
+    f[3 * i + 2] += gz;
+    f[3 * j] -= gx;
+    f[3 * j + 1] -= gy;
+    f[3 * j + 2] -= gz;
+    if (Virial) {
+      const double *re = r + 3 * e;
+      const double v[6] = {-re[0] * gx, -re[1] * gy, -re[2] * gz, -re[0] * gy, -re[0] * gz, -re[1] * gz};
+      if (w)
+        for (int c = 0; c < 6; ++c) w[c] += v[c];
+      if (vatom)
+        for (int c = 0; c < 6; ++c) {
+          vatom[i][c] += 0.5 * v[c];
+          vatom[j][c] += 0.5 * v[c];
+        }
+    }
+  }
+  if (std::isfinite(finite)) return -1;
+  for (size_t e = 0; e < n_edges; ++e)
+    if (!(std::isfinite(g[3 * e]) && std::isfinite(g[3 * e + 1]) && std::isfinite(g[3 * e + 2])))
+      return static_cast<int>(src[e]);
+  return -1;
+}
+
+}    // namespace
 
 Tally write_results(const EdgeBatch &batch, const ModelOutput &out, const int *type,
                     const std::vector<int> &type_to_z, double **f, double *eatom, bool virial,
@@ -60,32 +123,11 @@ Tally write_results(const EdgeBatch &batch, const ModelOutput &out, const int *t
     tally.energy += e;
     if (eatom) eatom[i] += e;
   }
-  const size_t n_edges = batch.n_edges();
-  const double *g = out.edge_grad;
-  const double *r = batch.vectors.data();
-  double *w = tally.virial;
-  for (size_t e = 0; e < n_edges; ++e, g += 3, r += 3) {
-    const int64_t i = batch.src[e], j = batch.dst[e];
-    if (!(std::isfinite(g[0]) && std::isfinite(g[1]) && std::isfinite(g[2])) && tally.bad_atom < 0)
-      tally.bad_atom = static_cast<int>(i);
-    f[i][0] += g[0];
-    f[i][1] += g[1];
-    f[i][2] += g[2];
-    f[j][0] -= g[0];
-    f[j][1] -= g[1];
-    f[j][2] -= g[2];
-    if (virial || vatom) {
-      const double v[6] = {-r[0] * g[0], -r[1] * g[1], -r[2] * g[2],
-                           -r[0] * g[1], -r[0] * g[2], -r[1] * g[2]};
-      if (virial)
-        for (int c = 0; c < 6; ++c) w[c] += v[c];
-      if (vatom)
-        for (int c = 0; c < 6; ++c) {
-          vatom[i][c] += 0.5 * v[c];
-          vatom[j][c] += 0.5 * v[c];
-        }
-    }
-  }
+  if (batch.n_edges() == 0) return tally;
+  double *w = virial ? tally.virial : nullptr;
+  const int bad = (virial || vatom) ? scatter_forces<true>(batch, out.edge_grad, f[0], w, vatom)
+                                    : scatter_forces<false>(batch, out.edge_grad, f[0], w, vatom);
+  if (tally.bad_atom < 0) tally.bad_atom = bad;
   return tally;
 }
 

@@ -24,7 +24,7 @@ PairMLIP::PairMLIP(LAMMPS *lmp) :
     Pair(lmp), cutoff(0.0), nmax_monitor(0), mon_energy_sigma(nullptr), mon_force_sigma(nullptr),
     mon_mahalanobis(nullptr), mon_d_min(nullptr), mon_min_distance(nullptr), mon_min_ratio(nullptr),
     monitor_step(-1), monitor_has_force_sigma(false), monitor_has_d_min(false), nmax_members(0),
-    member_f(nullptr), time_model(0.0), time_convert(0.0), time_kernel(0.0), model_calls(0)
+    member_f(nullptr), time_model(0.0), time_convert(0.0), time_kernel(0.0), time_edges(0.0), model_calls(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -217,7 +217,7 @@ void PairMLIP::setup()
                "{:g} A (neighbor cutoff {:g} A); ghost atoms would miss neighbours. Increase it with "
                "comm_modify cutoff {:g}", cutoff, comm_cutoff, neighbor->cutneighmax,
                cutoff + neighbor->skin);
-  time_model = time_convert = time_kernel = 0.0;
+  time_model = time_convert = time_kernel = time_edges = 0.0;
   model_calls = 0;
 }
 
@@ -225,13 +225,14 @@ void PairMLIP::setup()
 
 void PairMLIP::finish()
 {
-  double mine[4] = {time_model, time_convert, static_cast<double>(model_calls), time_kernel}, all[4];
-  MPI_Allreduce(mine, all, 4, MPI_DOUBLE, MPI_SUM, world);
+  double mine[5] = {time_model, time_convert, static_cast<double>(model_calls), time_kernel, time_edges}, all[5];
+  MPI_Allreduce(mine, all, 5, MPI_DOUBLE, MPI_SUM, world);
   if (comm->me == 0 && all[2] > 0)
     utils::logmesg(lmp,
                    "pair mlip: {:.0f} model call(s) per rank, model {:.4g} s, LAMMPS <-> model conversion "
-                   "{:.4g} s per rank (average over {} rank(s)){}\n",
-                   all[2] / comm->nprocs, all[0] / comm->nprocs, all[1] / comm->nprocs, comm->nprocs,
+                   "{:.4g} s (building edges {:.4g} s) per rank (average over {} rank(s)){}\n",
+                   all[2] / comm->nprocs, all[0] / comm->nprocs, all[1] / comm->nprocs, all[4] / comm->nprocs,
+                   comm->nprocs,
                    model.fused() ? fmt::format("; of the model time, fused descriptor kernel {:.4g} s",
                                                all[3] / comm->nprocs) : "");
 }
@@ -292,7 +293,11 @@ MLIP::ModelOutput PairMLIP::run_model(bool monitors, bool force_sigma, bool &ran
   MLIP::build_batch(atom->x, atom->type, nlocal, nall, view, type_to_z,
                     model.info().atomic_numbers.front(), cutoff * cutoff, batch);
   const bool timed = !update->setupflag;    // finish() reports the steps of the run only
-  if (timed) time_convert += MPI_Wtime() - start;
+  if (timed) {
+    const double spent = MPI_Wtime() - start;
+    time_convert += spent;
+    time_edges += spent;
+  }
   MLIP::ModelOutput out;
   ran = false;
   if (nlocal > 0) {

@@ -71,6 +71,7 @@ class PairMLIP : public Pair {
 
   // timing of the last run (printed by finish()): model calls vs. LAMMPS <-> model conversion
   double time_model, time_convert, time_kernel;    // time_kernel: fused descriptor kernel, part of time_model
+  double time_edges;    // the edge-building part of time_convert
   bigint model_calls;
 
   void allocate();
