@@ -491,6 +491,10 @@ def _add_active(sub) -> None:
     q.add_argument("--stage-steps", type=int, default=None,
                    help="MD steps per exploration stage (default 15; 3 stages, a frame every 5 steps)")
     q.add_argument("--batch-size", type=int, default=None, help="structures labelled per iteration (default 4)")
+    q.add_argument("--temperatures", default=None,
+                   help="comma-separated exploration stage temperatures, K (default 300,800,1500)")
+    q.add_argument("--extra-structures", default=None,
+                   help="comma-separated structures explored besides the test ones (divacancy, surface110)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_active_benchmark)
 
@@ -518,6 +522,10 @@ def cmd_active_benchmark(args) -> int:
 
     kwargs = {k: v for k, v in (("threshold", args.threshold), ("max_labels", args.max_labels),
                                 ("stage_steps", args.stage_steps), ("batch_size", args.batch_size)) if v is not None}
+    if args.temperatures:
+        kwargs["temperatures"] = [float(t) for t in args.temperatures.split(",") if t]
+    if args.extra_structures:
+        kwargs["extra_structures"] = [s for s in args.extra_structures.split(",") if s]
     result = run_benchmark(args.out, seeds=args.seeds, strategies=[s for s in args.strategies.split(",") if s],
                            bars=not args.no_progress, **kwargs)
     print(result["markdown"])

@@ -25,10 +25,14 @@ from .testset import oracle_md_snapshots
 DEFAULT_THRESHOLD = 0.1  # eV/Å
 DEFAULT_MAX_LABELS = 48
 TEST_TEMPERATURES = (300.0, 700.0, 1100.0, 1500.0)
+TEST_STRUCTURES = ("bulk", "vacancy", "surface111", "surface100")
+EXPLORE_TEMPERATURES = (300.0, 800.0, 1500.0)
 
 
-def benchmark_system() -> SystemSection:
-    return SystemSection(element="Cu", a=3.6, supercell=2, slab_size=[3, 3, 4], vacuum=6.0)
+def benchmark_system(extra_structures: Sequence[str] = ()) -> SystemSection:
+    """The test structures, then ``extra_structures`` explored as well (never in the test set)."""
+    return SystemSection(element="Cu", a=3.6, structures=list(TEST_STRUCTURES) + list(extra_structures),
+                         supercell=2, slab_size=[3, 3, 4], vacuum=6.0)
 
 
 def make_test_set(path: Path, snapshots: int = 2, md_steps: int = 50, seed: int = 1234) -> List[ase.Atoms]:
@@ -48,16 +52,16 @@ def make_test_set(path: Path, snapshots: int = 2, md_steps: int = 50, seed: int 
 
 
 def run_config(out: Path, strategy: str, seed: int, threshold: float, max_labels: int,
-               stage_steps: int = 15, batch_size: int = 4) -> ActiveConfig:
+               stage_steps: int = 15, batch_size: int = 4, extra_structures: Sequence[str] = (),
+               temperatures: Sequence[float] = EXPLORE_TEMPERATURES) -> ActiveConfig:
     return ActiveConfig(
         run=RunSection(directory=f"runs/{strategy}_s{seed}", seed=seed),
-        system=benchmark_system(),
+        system=benchmark_system(extra_structures),
         initial=InitialSection(n=4, rattle=0.05, strain=0.01),
         model=ModelSection(n_max=6, l_max=3, hidden=[32, 32], ensemble_size=3),
         train=TrainSection(epochs=40, patience=10, batch_size=8),
         explore=ExploreSection(timestep_fs=3.0, sample_every=5,
-                               schedule=[Stage(300.0, stage_steps), Stage(800.0, stage_steps),
-                                         Stage(1500.0, stage_steps)]),
+                               schedule=[Stage(float(t), stage_steps) for t in temperatures]),
         query=QuerySection(strategy=strategy, batch_size=batch_size),
         test=TestSection(file="test.extxyz"),
         stop=StopSection(target_force_rmse=threshold, max_labels=max_labels, max_iterations=100),
@@ -119,10 +123,13 @@ def threshold_table(runs: dict, thresholds: Sequence[float], max_labels: int) ->
 def run_benchmark(out, seeds: int = 3, strategies: Sequence[str] = ("random", "max-variance", "d-optimal",
                                                                      "adversarial"),
                   threshold: float = DEFAULT_THRESHOLD, max_labels: int = DEFAULT_MAX_LABELS,
-                  stage_steps: int = 15, batch_size: int = 4, bars: bool = True, log=print) -> dict:
-    """``stage_steps``: MD steps per schedule stage (3 stages, a frame every 5 steps: the pool
-    the strategies choose from holds up to 4 structures x 3 x stage_steps / 5 frames);
-    ``batch_size``: structures labelled per iteration (one retraining each)."""
+                  stage_steps: int = 15, batch_size: int = 4, extra_structures: Sequence[str] = (),
+                  temperatures: Sequence[float] = EXPLORE_TEMPERATURES, bars: bool = True, log=print) -> dict:
+    """``stage_steps``: MD steps per schedule stage (one stage per entry of ``temperatures``, K;
+    a frame every 5 steps: the pool the strategies choose from holds up to
+    structures x stages x stage_steps / 5 frames); ``batch_size``: structures labelled per
+    iteration (one retraining each); ``extra_structures``: explored besides the four test
+    structures (e.g. ``divacancy``, ``surface110``), never part of the test set."""
     from .loop import ActiveLoop
 
     out = Path(out)
@@ -134,7 +141,8 @@ def run_benchmark(out, seeds: int = 3, strategies: Sequence[str] = ("random", "m
         runs[strategy] = {}
         for seed in range(seeds):
             log(f"--- {strategy}, seed {seed}")
-            cfg = run_config(out, strategy, seed, threshold, max_labels, stage_steps, batch_size)
+            cfg = run_config(out, strategy, seed, threshold, max_labels, stage_steps, batch_size, extra_structures,
+                             temperatures)
             report = ActiveLoop(cfg, bars=bars, log=log).run()
             runs[strategy][seed] = report["history"]
     rows = summarise(runs, threshold, max_labels)
@@ -146,7 +154,8 @@ def run_benchmark(out, seeds: int = 3, strategies: Sequence[str] = ("random", "m
     curves = {s: [[(h["labels"], h["force_rmse"]) for h in hist] for hist in per.values()] for s, per in runs.items()}
     plot_curves(curves, out / "learning_curves.png", threshold=threshold)
     result = {"threshold": threshold, "max_labels": max_labels, "seeds": seeds, "summary": rows,
-              "config": run_config(out, "random", 0, threshold, max_labels, stage_steps, batch_size).to_dict(),
+              "config": run_config(out, "random", 0, threshold, max_labels, stage_steps, batch_size, extra_structures,
+                                   temperatures).to_dict(),
               "curves": curves, "markdown": table}
     atomic_write_text(out / "benchmark.json", json.dumps(result, indent=1, default=str))
     atomic_write_text(out / "benchmark.md", table + "\n")

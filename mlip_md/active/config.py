@@ -12,8 +12,8 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-STRATEGIES = ("random", "max-variance", "d-optimal", "adversarial")
-STRUCTURES = ("bulk", "vacancy", "surface111", "surface100")
+STRATEGIES = ("random", "max-variance", "d-optimal", "adversarial", "variance-d-optimal")
+STRUCTURES = ("bulk", "vacancy", "surface111", "surface100", "divacancy", "surface110")
 ENGINES = ("ase", "lammps", "ipi")
 
 
@@ -32,7 +32,7 @@ class RunSection:
 class SystemSection:
     element: str = "Cu"
     a: float = 0.0  # fcc lattice constant, Å; 0 -> ase.data reference value
-    structures: List[str] = dataclasses.field(default_factory=lambda: list(STRUCTURES))
+    structures: List[str] = dataclasses.field(default_factory=lambda: list(STRUCTURES[:4]))
     supercell: int = 2  # cubic fcc cell repeats for bulk/vacancy (2 -> 32 atoms)
     slab_size: List[int] = dataclasses.field(default_factory=lambda: [2, 2, 4])  # surface slabs
     vacuum: float = 6.0  # Å on each side of a slab

@@ -202,7 +202,7 @@ def _trajectory(state: Optional[ase.Atoms], start: ase.Atoms, stage, ex, rng, mo
 
 def _dynamics(atoms: ase.Atoms, stage, ex, rng):
     dt = ex.timestep_fs * units.fs
-    if stage.pressure_GPa is not None and atoms.pbc.all() and atoms.info.get("structure") in ("bulk", "vacancy"):
+    if stage.pressure_GPa is not None and atoms.pbc.all() and atoms.info.get("structure") in ("bulk", "vacancy", "divacancy"):
         from ase.md.nptberendsen import NPTBerendsen
 
         return NPTBerendsen(atoms, dt, temperature_K=stage.temperature_K, pressure_au=stage.pressure_GPa * units.GPa,

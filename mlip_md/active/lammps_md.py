@@ -54,7 +54,7 @@ class LammpsTrajectory:
             f"timestep {timestep_fs * 1e-3!r}",
             f"velocity all create {temperature!r} {seed} dist gaussian mom yes rot no",
         ])
-        bulk_like = atoms.info.get("structure") in ("bulk", "vacancy")
+        bulk_like = atoms.info.get("structure") in ("bulk", "vacancy", "divacancy")
         if stage.pressure_GPa is not None and bulk_like:
             bar = float(stage.pressure_GPa) * 1e4
             self.lmp.command(f"fix md all npt temp {temperature!r} {temperature!r} {100 * timestep_fs * 1e-3!r} "

@@ -1,5 +1,6 @@
-"""Start structures of an active-learning run: fcc bulk, bulk with a vacancy, (111) and (100)
-surface slabs (lengths in Å), and the randomly distorted initial training set."""
+"""Start structures of an active-learning run: fcc bulk, bulk with a vacancy, with two
+neighbouring vacancies (divacancy), (111), (100) and (110) surface slabs (lengths in Å), and
+the randomly distorted initial training set."""
 from __future__ import annotations
 
 from typing import Dict, List
@@ -7,7 +8,7 @@ from typing import Dict, List
 import ase
 import ase.data
 import numpy as np
-from ase.build import bulk, fcc100, fcc111
+from ase.build import bulk, fcc100, fcc110, fcc111
 
 from .config import SystemSection
 
@@ -27,12 +28,15 @@ def start_structures(system: SystemSection) -> Dict[str, ase.Atoms]:
     a = lattice_constant(system)
     out: Dict[str, ase.Atoms] = {}
     for name in system.structures:
-        if name in ("bulk", "vacancy"):
+        if name in ("bulk", "vacancy", "divacancy"):
             atoms = bulk(system.element, "fcc", a=a, cubic=True).repeat(system.supercell)
             if name == "vacancy":
                 del atoms[0]
+            elif name == "divacancy":  # atom 0 and its nearest neighbour (a / sqrt 2 away)
+                d = atoms.get_distances(0, range(1, len(atoms)), mic=True)
+                del atoms[[0, 1 + int(np.argmin(d))]]
         else:
-            build = fcc111 if name == "surface111" else fcc100
+            build = {"surface111": fcc111, "surface100": fcc100, "surface110": fcc110}[name]
             atoms = build(system.element, size=tuple(system.slab_size), a=a, vacuum=system.vacuum, periodic=True)
         atoms.info["structure"] = name
         out[name] = atoms

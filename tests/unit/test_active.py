@@ -3,6 +3,7 @@ each query strategy on a constructed pool where the right choice is known."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,9 @@ from mlip_md.active.strategies import (
     MaxVarianceStrategy,
     RandomStrategy,
     SelectionContext,
+    VarianceDOptimalStrategy,
     attack,
+    get_strategy,
     logdet_gain,
 )
 
@@ -63,6 +66,28 @@ def test_config_defaults_and_paths(tmp_path):
         {"temperature_K": 500, "steps": 10, "pressure_GPa": 1}]}}, base_dir=tmp_path)
     assert cfg.directory == (tmp_path / "out").resolve()
     assert cfg.explore.schedule[0].pressure_GPa == 1.0 and cfg.query.strategy == "max-variance"
+
+
+def test_extra_exploration_structures_and_the_fixed_benchmark_test_structures():
+    from mlip_md.active.benchmark import TEST_STRUCTURES, benchmark_system, run_config
+    from mlip_md.active.systems import start_structures
+
+    starts = start_structures(benchmark_system(["divacancy", "surface110"]))
+    assert list(starts)[:4] == list(TEST_STRUCTURES)
+    bulk32, divacancy = starts["bulk"], starts["divacancy"]
+    assert len(divacancy) == len(bulk32) - 2
+    # the two missing sites are nearest neighbours: a / sqrt(2) = 2.546 Å apart
+    missing = [p for p in bulk32.positions if np.linalg.norm(divacancy.positions - p, axis=1).min() > 1e-6]
+    d = bulk32.copy()
+    d.positions[:2] = missing
+    assert len(missing) == 2 and d.get_distance(0, 1, mic=True) == pytest.approx(3.6 / math.sqrt(2))
+    assert starts["surface110"].pbc.all() and starts["surface110"].info["structure"] == "surface110"
+    assert list(start_structures(benchmark_system())) == list(TEST_STRUCTURES)  # the test set's structures
+    cfg = run_config(Path("."), "random", 0, 0.1, 48, 30, 4, ["divacancy"], [300.0, 900.0])
+    assert [s.temperature_K for s in cfg.explore.schedule] == [300.0, 900.0]
+    assert cfg.explore.schedule[0].steps == 30 and cfg.system.structures[-1] == "divacancy"
+    with pytest.raises(ConfigError, match=r"\[system\] structures: unknown structure 'surface211'"):
+        config_from_dict({"system": {"structures": ["surface211"]}})
 
 
 # ------------------------------------------------------------------------------ oracle
@@ -162,6 +187,25 @@ def test_d_optimal_picks_the_spanning_set():
     # training data already spanning x and y: the first pick is the z direction
     first = DOptimalStrategy().select(pool, 1, ctx(dedupe_distance=0.0, training_features=5 * e[:2]))
     assert first[0] is pool[4]
+
+
+def test_variance_d_optimal_picks_uncertain_and_new_directions():
+    e = np.eye(4)
+    training = 5 * e[:1]  # the data span x only
+    pool = [cand(e[1:2], force_sigma=1.0, origin="uncertain y"),
+            cand([[0.0, 0.95, 0.1, 0.0]], force_sigma=1.0, origin="uncertain y, again"),
+            cand(e[2:3], force_sigma=0.8, origin="uncertain z"),
+            cand(1.2 * e[3:4], force_sigma=0.05, origin="new w, already predicted well")]
+    c = ctx(dedupe_distance=1e-3, training_features=training)
+    chosen = VarianceDOptimalStrategy().select(pool, 2, c)
+    assert [x.origin for x in chosen] == ["uncertain y", "uncertain z"]
+    gain = logdet_gain(1e-3 * np.eye(4) + training.T @ training, pool[0].features)
+    assert chosen[0].score == pytest.approx(gain * 1.0)
+    # d-optimal alone takes the new but well-predicted w first; max-variance takes y twice
+    assert DOptimalStrategy().select(pool, 1, c)[0].origin == "new w, already predicted well"
+    assert [x.origin for x in MaxVarianceStrategy().select(pool, 2, c)] == ["uncertain y", "uncertain y, again"]
+    assert isinstance(get_strategy("variance-d-optimal"), VarianceDOptimalStrategy)
+    assert VarianceDOptimalStrategy().select(pool, 10, c)[-1].origin == "new w, already predicted well"
 
 
 def test_logdet_gain_is_the_determinant_lemma():

@@ -4,9 +4,11 @@ from .base import SelectionContext, Strategy, fingerprint, unique_in_order
 from .d_optimal import DOptimalStrategy, greedy_d_optimal, logdet_gain
 from .max_variance import MaxVarianceStrategy
 from .random import RandomStrategy
+from .variance_d_optimal import VarianceDOptimalStrategy
 
 STRATEGY_CLASSES = {cls.name: cls for cls in
-                    (RandomStrategy, MaxVarianceStrategy, DOptimalStrategy, AdversarialStrategy)}
+                    (RandomStrategy, MaxVarianceStrategy, DOptimalStrategy, AdversarialStrategy,
+                     VarianceDOptimalStrategy)}
 
 
 def get_strategy(name: str) -> Strategy:
@@ -17,5 +19,5 @@ def get_strategy(name: str) -> Strategy:
 
 
 __all__ = ["AdversarialStrategy", "DOptimalStrategy", "EnsembleObjective", "MaxVarianceStrategy",
-           "RandomStrategy", "STRATEGY_CLASSES", "SelectionContext", "Strategy", "attack", "fingerprint",
-           "get_strategy", "greedy_d_optimal", "logdet_gain", "unique_in_order"]
+           "RandomStrategy", "STRATEGY_CLASSES", "SelectionContext", "Strategy", "VarianceDOptimalStrategy", "attack",
+           "fingerprint", "get_strategy", "greedy_d_optimal", "logdet_gain", "unique_in_order"]
