@@ -540,6 +540,16 @@ cdef extern from "mlip_md.h" nogil:
                                          const int64_t *edge_index, const float *edge_vectors,
                                          const float *density, int64_t n_rows, const float *feature_grad,
                                          float *edge_grad, char *errbuf, size_t errbuf_len)
+    int mlip_power_spectrum_backward_forces_f64(const mlip_power_spectrum_params *params, int64_t n_local,
+                                                int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                                const int64_t *edge_index, const double *edge_vectors,
+                                                const double *density, const double *feature_grad, double *forces,
+                                                double *virial, char *errbuf, size_t errbuf_len)
+    int mlip_power_spectrum_backward_forces_f32(const mlip_power_spectrum_params *params, int64_t n_local,
+                                                int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                                const int64_t *edge_index, const float *edge_vectors,
+                                                const float *density, const float *feature_grad, double *forces,
+                                                double *virial, char *errbuf, size_t errbuf_len)
 
 
 cdef mlip_power_spectrum_params _ps_params(params) except *:
@@ -625,6 +635,44 @@ def power_spectrum_backward(params, species_index, edge_index, edge_vectors, den
     if status != MLIP_OK:
         raise ValueError(errbuf.decode("utf-8", "replace"))
     return out if batched else out[0]
+
+
+def power_spectrum_backward_forces(params, species_index, edge_index, edge_vectors, density, feature_grad,
+                                   int64_t n_local, bint virial=True):
+    """Raw ``mlip_power_spectrum_backward_forces_*``: ``(forces [n_all, 3], virial [3, 3] or
+    None)`` in float64 (F_i += g_ij, F_j -= g_ij, W = -sum r (x) g) for the energy gradient
+    feature_grad [n_local, D]; inputs in the dtype of ``edge_vectors``."""
+    cdef mlip_power_spectrum_params p = _ps_params(params)
+    s, ei, v = _ps_common(species_index, edge_index, edge_vectors)
+    d = np.ascontiguousarray(density, dtype=v.dtype)
+    g = np.ascontiguousarray(feature_grad, dtype=v.dtype)
+    cdef int64_t n_features = mlip_power_spectrum_n_features(&p)
+    if g.shape != (n_local, n_features):
+        raise ValueError(f"feature_grad must be [n_local, D] with D = {n_features}")
+    if d.shape != (n_local, mlip_power_spectrum_density_size(&p)):
+        raise ValueError("density must be the [n_local, Q L2] array of the forward pass")
+    cdef int64_t n_all = s.shape[0], n_edges = ei.shape[1]
+    forces = np.zeros((n_all, 3), dtype=np.float64)
+    w = np.zeros((3, 3), dtype=np.float64)
+    cdef cnp.ndarray cs = s, cei = ei, cv = v, cd = d, cg = g, cf = forces, cw = w
+    cdef double *wp = <double *>cw.data if virial else NULL
+    cdef int status
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    cdef bint single = v.dtype == np.float32
+    with nogil:
+        if single:
+            status = mlip_power_spectrum_backward_forces_f32(&p, n_local, n_all, <const int64_t *>cs.data, n_edges,
+                                                             <const int64_t *>cei.data, <const float *>cv.data,
+                                                             <const float *>cd.data, <const float *>cg.data,
+                                                             <double *>cf.data, wp, errbuf, MLIP_ERRBUF_LEN)
+        else:
+            status = mlip_power_spectrum_backward_forces_f64(&p, n_local, n_all, <const int64_t *>cs.data, n_edges,
+                                                             <const int64_t *>cei.data, <const double *>cv.data,
+                                                             <const double *>cd.data, <const double *>cg.data,
+                                                             <double *>cf.data, wp, errbuf, MLIP_ERRBUF_LEN)
+    if status != MLIP_OK:
+        raise ValueError(errbuf.decode("utf-8", "replace"))
+    return forces, (w if virial else None)
 
 
 # ============================================================================

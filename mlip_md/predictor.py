@@ -175,7 +175,11 @@ class Predictor:
             ij = self.verlet.edge_index if self.verlet is not None else np.stack([nl.i, nl.j])
             edge_index = torch.from_numpy(ij)
             vectors = torch.from_numpy(nl.vectors)
-            out = self._call_model(torch.from_numpy(numbers), edge_index, vectors, n, monitors, force_sigma)
+            if not monitors and not force_sigma and getattr(self.model, "native_readout", None) is not None:
+                # fused kernel + C readout: forces and virial accumulated in the kernel's edge loop
+                out = self._timed(self.model.energy_and_forces, torch.from_numpy(numbers), edge_index, vectors, n)
+            else:
+                out = self._call_model(torch.from_numpy(numbers), edge_index, vectors, n, monitors, force_sigma)
             return self._assemble(out, edge_index, vectors, n, cell, pbc, force_sigma)
         return self._predict_slice(numbers, nl, start, stop, cell, pbc, monitors, force_sigma)
 
@@ -196,20 +200,24 @@ class Predictor:
         return _unpermute(part, order, n_local)
 
     def _call_model(self, *args):
+        return self._timed(self.model, *args)
+
+    def _timed(self, call, *args):
+        """call(*args), its wall time added to ``model_seconds``."""
         start = time.perf_counter()
-        out = self.model(*args)
+        out = call(*args)
         self.model_seconds += time.perf_counter() - start
         return out
 
     def _assemble(self, out, edge_index, vectors, n, cell, pbc, force_sigma) -> Prediction:
         device = self.model.device
         edge_index = edge_index.to(device)
-        grad = out["edge_grad"].detach().to(torch.float64)
         vectors64 = vectors.to(device=device, dtype=torch.float64)
-        if "forces" in out and out["forces"].shape[0] == n:  # assembled in a compiled graph
+        if "forces" in out and out["forces"].shape[0] == n:  # assembled in a compiled graph or the kernel
             forces = out["forces"].to(torch.float64)
             virial = out["virial"].to(torch.float64)
         else:
+            grad = out["edge_grad"].detach().to(torch.float64)
             forces, virial = forces_and_virial(grad, edge_index, vectors64, n)
         volume = abs(float(np.linalg.det(cell)))
         stress = None

@@ -518,6 +518,29 @@ MLIP_API int mlip_power_spectrum_backward_f32(const mlip_power_spectrum_params *
                                               const float *feature_grad, float *edge_grad, char *errbuf,
                                               size_t errbuf_len);
 
+/* Backward pass straight to forces: for one row (the energy gradient feature_grad
+ * [n_local][D]), each edge's gradient g_ij is accumulated as in section 6 -- F_i += g_ij,
+ * F_j -= g_ij, W_ab -= r_ij,a g_ij,b -- in float64, without writing edge gradients (saves the
+ * [E][3] array and a pass over it).
+ *
+ *   forces   [n_all][3] float64, eV/Angstrom, ACCUMULATED into (zero it first, or pass a host
+ *            force array such as LAMMPS's atom->f[0])
+ *   virial   [3][3] float64, eV, accumulated into, or NULL
+ *
+ * Same inputs and checks as mlip_power_spectrum_backward_*. */
+MLIP_API int mlip_power_spectrum_backward_forces_f64(const mlip_power_spectrum_params *params, int64_t n_local,
+                                                     int64_t n_all, const int64_t *species_index,
+                                                     int64_t n_edges, const int64_t *edge_index,
+                                                     const double *edge_vectors, const double *density,
+                                                     const double *feature_grad, double *forces,
+                                                     double *virial, char *errbuf, size_t errbuf_len);
+MLIP_API int mlip_power_spectrum_backward_forces_f32(const mlip_power_spectrum_params *params, int64_t n_local,
+                                                     int64_t n_all, const int64_t *species_index,
+                                                     int64_t n_edges, const int64_t *edge_index,
+                                                     const float *edge_vectors, const float *density,
+                                                     const float *feature_grad, double *forces,
+                                                     double *virial, char *errbuf, size_t errbuf_len);
+
 /* ========================================================================= */
 /* 6. Force and virial assembly                                              */
 /* ========================================================================= */

@@ -561,11 +561,47 @@ void accumulate_density(const Layout &ly, const int64_t *species_index, int64_t 
     });
 }
 
-// edge_grad[row][e] from the feature gradients, centre by centre.
-template <typename T, int L>
+// Where pull_back_edges puts the gradient g = dF_row / d r_ij of edge e (centre i, neighbour
+// j, vector r): the edge_grad array [n_rows][E][3] ...
+template <typename T>
+struct EdgeGradSink {
+    T *edge_grad;
+    int64_t n_edges;
+    inline void operator()(int64_t row, int64_t e, int64_t, int64_t, const T *, const T (&g)[3]) {
+        T *o = edge_grad + (row * n_edges + e) * 3;
+        o[0] = g[0];
+        o[1] = g[1];
+        o[2] = g[2];
+    }
+};
+
+// ... or straight into forces and virial (section 6's convention, float64): F_i += g, F_j -= g,
+// W_ab -= r_a g_b, without the edge gradients ever reaching memory.
+template <typename T>
+struct ForceSink {
+    double *forces;          // [n_all][3], accumulated into
+    double *virial;          // [3][3], accumulated into, or NULL
+    double w[9] = {};
+    inline void operator()(int64_t, int64_t, int64_t i, int64_t j, const T *r, const T (&g)[3]) {
+        for (int a = 0; a < 3; ++a) {
+            forces[3 * i + a] += double(g[a]);
+            forces[3 * j + a] -= double(g[a]);
+        }
+        if (virial != nullptr)
+            for (int a = 0; a < 3; ++a)
+                for (int c = 0; c < 3; ++c) w[3 * a + c] -= double(r[a]) * double(g[c]);
+    }
+    void finish() {
+        if (virial != nullptr)
+            for (int k = 0; k < 9; ++k) virial[k] += w[k];
+    }
+};
+
+// Edge gradients from the feature gradients, centre by centre, handed to `sink`.
+template <typename T, int L, typename Sink>
 void pull_back_edges(const Layout &ly, int64_t n_local, const int64_t *species_index, int64_t n_edges,
                      const int64_t *edge_index, const T *vectors, const T *density, int64_t n_rows,
-                     const T *feature_grad, const EdgeOrder &order, T *dc, T *edge_grad) {
+                     const T *feature_grad, const EdgeOrder &order, T *dc, Sink &sink) {
     constexpr int L2 = (L + 1) * (L + 1);
     const int Q = ly.Q;
     const int64_t block = int64_t(Q) * L2;
@@ -634,13 +670,15 @@ void pull_back_edges(const Layout &ly, int64_t n_local, const int64_t *species_i
                     G[2 * c + k0 + j] = gz[j];
                 }
             }
-            T *out = edge_grad + row * n_edges * 3;
+            const int64_t *neighbours = edge_index + n_edges;
             for (int64_t k = 0; k < n; ++k) {
                 const T u[3] = {ux[k], uy[k], uz[k]};
                 const T g[3] = {G[k], G[c + k], G[2 * c + k]};
                 const T uG = u[0] * g[0] + u[1] * g[1] + u[2] * g[2];
-                T *o = out + 3 * b.edges[k];
-                for (int a = 0; a < 3; ++a) o[a] = u[a] * radial_sum[k] + (g[a] - uG * u[a]) / b.r[k];
+                const int64_t e = b.edges[k];
+                T grad[3];
+                for (int a = 0; a < 3; ++a) grad[a] = u[a] * radial_sum[k] + (g[a] - uG * u[a]) / b.r[k];
+                sink(row, e, i, neighbours[e], vectors + 3 * e, grad);
             }
         }
     });
@@ -674,10 +712,10 @@ int forward(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n
     return MLIP_OK;
 }
 
-template <typename T>
+template <typename T, typename Sink>
 int backward(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n_all, const int64_t *species_index,
              int64_t n_edges, const int64_t *edge_index, const T *vectors, const T *density, int64_t n_rows,
-             const T *feature_grad, T *edge_grad, char *errbuf, size_t errbuf_len) {
+             const T *feature_grad, Sink &sink, char *errbuf, size_t errbuf_len) {
     Layout ly;
     if (!make_layout(params, ly)) return fail(errbuf, errbuf_len, "invalid power-spectrum parameters");
     bool sorted = true;
@@ -686,8 +724,8 @@ int backward(const mlip_power_spectrum_params *params, int64_t n_local, int64_t 
     if (status != MLIP_OK) return status;
     if (n_rows < 1) return fail(errbuf, errbuf_len, "n_rows must be >= 1, got %lld", (long long)n_rows);
     if (n_edges == 0) return MLIP_OK;
-    if (density == nullptr || feature_grad == nullptr || edge_grad == nullptr)
-        return fail(errbuf, errbuf_len, "density, feature_grad or edge_grad is NULL");
+    if (density == nullptr || feature_grad == nullptr)
+        return fail(errbuf, errbuf_len, "density or feature_grad is NULL");
     EdgeOrder order;
     std::vector<T> dc;
     try {
@@ -698,7 +736,7 @@ int backward(const mlip_power_spectrum_params *params, int64_t n_local, int64_t 
     }
     with_l_max(ly.L, [&](auto l) {
         pull_back_edges<T, decltype(l)::value>(ly, n_local, species_index, n_edges, edge_index, vectors, density,
-                                                n_rows, feature_grad, order, dc.data(), edge_grad);
+                                                n_rows, feature_grad, order, dc.data(), sink);
     });
     return MLIP_OK;
 }
@@ -753,9 +791,11 @@ int mlip_power_spectrum_backward_f64(const mlip_power_spectrum_params *params, i
                                      const double *edge_vectors, const double *density, int64_t n_rows,
                                      const double *feature_grad, double *edge_grad, char *errbuf,
                                      size_t errbuf_len) {
+    if (edge_grad == nullptr && n_edges > 0) return fail(errbuf, errbuf_len, "edge_grad is NULL");
+    EdgeGradSink<double> sink{edge_grad, n_edges};
     return guarded([&] { return backward<double>(params, n_local, n_all, species_index, n_edges, edge_index,
-                                                 edge_vectors, density, n_rows, feature_grad, edge_grad, errbuf,
-                                                 errbuf_len); },
+                                               edge_vectors, density, n_rows, feature_grad, sink, errbuf,
+                                               errbuf_len); },
                    errbuf, errbuf_len);
 }
 
@@ -764,10 +804,42 @@ int mlip_power_spectrum_backward_f32(const mlip_power_spectrum_params *params, i
                                      const float *edge_vectors, const float *density, int64_t n_rows,
                                      const float *feature_grad, float *edge_grad, char *errbuf,
                                      size_t errbuf_len) {
+    if (edge_grad == nullptr && n_edges > 0) return fail(errbuf, errbuf_len, "edge_grad is NULL");
+    EdgeGradSink<float> sink{edge_grad, n_edges};
     return guarded([&] { return backward<float>(params, n_local, n_all, species_index, n_edges, edge_index,
-                                                edge_vectors, density, n_rows, feature_grad, edge_grad, errbuf,
-                                                errbuf_len); },
+                                               edge_vectors, density, n_rows, feature_grad, sink, errbuf,
+                                               errbuf_len); },
                    errbuf, errbuf_len);
+}
+
+int mlip_power_spectrum_backward_forces_f64(const mlip_power_spectrum_params *params, int64_t n_local,
+                                            int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                            const int64_t *edge_index, const double *edge_vectors,
+                                            const double *density, const double *feature_grad, double *forces,
+                                            double *virial, char *errbuf, size_t errbuf_len) {
+    if (forces == nullptr && n_all > 0) return fail(errbuf, errbuf_len, "forces is NULL");
+    ForceSink<double> sink{forces, virial};
+    const int status = guarded([&] { return backward<double>(params, n_local, n_all, species_index, n_edges, edge_index,
+                                                           edge_vectors, density, 1, feature_grad, sink, errbuf,
+                                                           errbuf_len); },
+                               errbuf, errbuf_len);
+    if (status == MLIP_OK) sink.finish();
+    return status;
+}
+
+int mlip_power_spectrum_backward_forces_f32(const mlip_power_spectrum_params *params, int64_t n_local,
+                                            int64_t n_all, const int64_t *species_index, int64_t n_edges,
+                                            const int64_t *edge_index, const float *edge_vectors,
+                                            const float *density, const float *feature_grad, double *forces,
+                                            double *virial, char *errbuf, size_t errbuf_len) {
+    if (forces == nullptr && n_all > 0) return fail(errbuf, errbuf_len, "forces is NULL");
+    ForceSink<float> sink{forces, virial};
+    const int status = guarded([&] { return backward<float>(params, n_local, n_all, species_index, n_edges, edge_index,
+                                                           edge_vectors, density, 1, feature_grad, sink, errbuf,
+                                                           errbuf_len); },
+                               errbuf, errbuf_len);
+    if (status == MLIP_OK) sink.finish();
+    return status;
 }
 
 }    // extern "C"

@@ -123,6 +123,28 @@ Tally write_results(const EdgeBatch &batch, const ModelOutput &out, const int *t
     tally.energy += e;
     if (eatom) eatom[i] += e;
   }
+  if (out.forces) {    // assembled in the fused kernel: one pass over the atoms
+    const int64_t nall = static_cast<int64_t>(batch.species.size());
+    double *fs = nall > 0 ? f[0] : nullptr;
+    double finite = 0.0;
+    for (int64_t k = 0; k < 3 * nall; ++k) {
+      fs[k] += out.forces[k];
+      finite += 0.0 * out.forces[k];
+    }
+    if (!std::isfinite(finite) && tally.bad_atom < 0)
+      for (int64_t k = 0; k < nall; ++k)
+        if (!(std::isfinite(out.forces[3 * k]) && std::isfinite(out.forces[3 * k + 1]) &&
+              std::isfinite(out.forces[3 * k + 2]))) {
+          tally.bad_atom = static_cast<int>(k);
+          break;
+        }
+    if (virial) {
+      const double *w = out.virial;    // [3][3] C order -> xx yy zz xy xz yz
+      const double v[6] = {w[0], w[4], w[8], w[1], w[2], w[5]};
+      for (int c = 0; c < 6; ++c) tally.virial[c] += v[c];
+    }
+    return tally;
+  }
   if (batch.n_edges() == 0) return tally;
   double *w = virial ? tally.virial : nullptr;
   const int bad = (virial || vatom) ? scatter_forces<true>(batch, out.edge_grad, f[0], w, vatom)

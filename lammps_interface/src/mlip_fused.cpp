@@ -136,6 +136,30 @@ const double *FusedDescriptor::backward(const EdgeBatch &batch, int n_rows)
   return out;
 }
 
+const double *FusedDescriptor::backward_forces(const EdgeBatch &batch, bool with_virial, const double *&virial)
+{
+  if (n_local_ != batch.n_local || n_edges_ != static_cast<int64_t>(batch.n_edges()))
+    throw std::runtime_error("fused descriptor kernel: backward on another batch than the forward pass");
+  char errbuf[512] = {0};
+  double *forces = sized(forces_, 3 * n_all_);
+  std::fill(forces, forces + 3 * n_all_, 0.0);
+  std::fill(virial_, virial_ + 9, 0.0);
+  if (single_)
+    check(mlip_power_spectrum_backward_forces_f32(&params_, n_local_, n_all_, species_index_.data(), n_edges_,
+                                                  edge_index_.data(), f_vectors_.data(), f_density_.data(),
+                                                  f_grad_.data(), forces, with_virial ? virial_ : nullptr, errbuf,
+                                                  sizeof(errbuf)),
+          errbuf, "backward");
+  else
+    check(mlip_power_spectrum_backward_forces_f64(&params_, n_local_, n_all_, species_index_.data(), n_edges_,
+                                                  edge_index_.data(), static_cast<const double *>(vectors(batch)),
+                                                  d_density_.data(), d_grad_.data(), forces, with_virial ? virial_ : nullptr,
+                                                  errbuf, sizeof(errbuf)),
+          errbuf, "backward");
+  virial = virial_;
+  return forces;
+}
+
 FusedReadout::FusedReadout(const mlip_mlp_readout_spec &spec, bool single) :
     n_members_(spec.n_members), single_(single)
 {

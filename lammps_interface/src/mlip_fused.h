@@ -53,6 +53,10 @@ class FusedDescriptor {
   void *feature_grad(int n_rows);
   // Backward pass: float64 edge gradients [n_rows][E][3], valid until the next call.
   const double *backward(const EdgeBatch &batch, int n_rows);
+  // Backward pass of row 0 straight to forces [n_all][3] and (with_virial) virial [3][3]
+  // (float64, eV/Angstrom and eV, section 6's convention; the virial is zero without
+  // with_virial) without edge gradients; valid until the next call.
+  const double *backward_forces(const EdgeBatch &batch, bool with_virial, const double *&virial);
 
  private:
   mlip_power_spectrum_params params_;
@@ -61,7 +65,8 @@ class FusedDescriptor {
   std::vector<int64_t> z_to_index_;    // atomic number -> species index, -1 when unknown
   int64_t n_local_ = 0, n_all_ = 0, n_edges_ = 0;    // of the last forward()
   std::vector<int64_t> species_index_, edge_index_;
-  std::vector<double> d_density_, d_features_, d_grad_, d_edge_grad_;
+  std::vector<double> d_density_, d_features_, d_grad_, d_edge_grad_, forces_;
+  double virial_[9] = {};
   std::vector<float> f_vectors_, f_density_, f_features_, f_grad_, f_edge_grad_;
 };
 

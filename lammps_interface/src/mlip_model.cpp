@@ -412,7 +412,8 @@ std::string Model::dtype() const
 // float64 views of the kernel's buffers: edge_grad [E, 3], member_edge_grad [K, E, 3].
 static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, FusedReadout *readout,
                            torch::Dtype dtype, const EdgeBatch &batch, bool monitors, bool force_sigma,
-                           std::unordered_map<std::string, torch::Tensor> &results, double &kernel_seconds)
+                           bool per_edge, bool virial, std::unordered_map<std::string, torch::Tensor> &results,
+                           double &kernel_seconds)
 {
   using clock = std::chrono::steady_clock;
   auto start = clock::now();
@@ -431,9 +432,16 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, F
     results["atomic_energy"] = atomic;
     results["energy"] = atomic.sum();
     results["energy_members"] = torch::from_blob(readout->member_energy(), {readout->n_members(), n_local}, reals);
-    const double *edge_grad = fused.backward(batch, 1);
+    if (per_edge) {
+      const double *edge_grad = fused.backward(batch, 1);
+      results["edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad), {n_edges, 3}, doubles);
+    } else {    // forces and virial accumulated in the kernel's edge loop
+      const double *w = nullptr;
+      const double *forces = fused.backward_forces(batch, virial, w);
+      results["forces"] = torch::from_blob(const_cast<double *>(forces), {n_all, 3}, doubles);
+      results["virial"] = torch::from_blob(const_cast<double *>(w), {3, 3}, doubles);
+    }
     kernel_seconds += std::chrono::duration<double>(clock::now() - start).count();
-    results["edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad), {n_edges, 3}, doubles);
     return;
   }
   // views of the host buffers (no copies); the model only reads them
@@ -475,7 +483,7 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, F
                                                         {k, n_edges, 3}, doubles);
 }
 
-ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_sigma)
+ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_sigma, bool per_edge, bool virial)
 {
   if (!impl_) throw std::runtime_error("no model loaded");
   Impl &m = *impl_;
@@ -487,8 +495,8 @@ ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_si
   const int64_t n_edges = static_cast<int64_t>(batch.n_edges());
   std::unordered_map<std::string, torch::Tensor> results;
   if (m.fused) {
-    evaluate_fused(m.module, *m.fused, m.readout.get(), m.dtype, batch, monitors, force_sigma, results,
-                   m.kernel_seconds);
+    evaluate_fused(m.module, *m.fused, m.readout.get(), m.dtype, batch, monitors, force_sigma, per_edge, virial,
+                   results, m.kernel_seconds);
   } else {
     auto as_long = torch::TensorOptions().dtype(torch::kLong);
     auto as_double = torch::TensorOptions().dtype(torch::kFloat64);
@@ -568,7 +576,11 @@ ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_si
 
   ModelOutput out;
   out.atomic_energy = fetch("atomic_energy", n_local, true);
-  out.edge_grad = fetch("edge_grad", 3 * n_edges, true);
+  out.forces = fetch("forces", 3 * n_all, false);
+  if (out.forces)
+    out.virial = fetch("virial", 9, true);
+  else
+    out.edge_grad = fetch("edge_grad", 3 * n_edges, true);
   out.energy_members = fetch("energy_members", -1, true);
   const int64_t n_members_values = m.keep.back().numel();
   out.n_members = n_local > 0 ? static_cast<int>(n_members_values / n_local) : info_.ensemble_size;

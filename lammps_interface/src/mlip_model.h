@@ -74,7 +74,9 @@ struct ModelOptions {
 struct ModelOutput {
   int n_members = 1;
   const double *atomic_energy = nullptr;       // [n_local] eV
-  const double *edge_grad = nullptr;           // [E*3] dE/d(vectors)
+  const double *edge_grad = nullptr;           // [E*3] dE/d(vectors), or nullptr when:
+  const double *forces = nullptr;              // [n_all*3] eV/A, assembled in the fused kernel
+  const double *virial = nullptr;              // [9] eV (W = -sum r (x) g, C order) with `forces`
   const double *energy_members = nullptr;      // [K*n_local]
   const double *energy_sigma = nullptr;        // [n_local] eV (calibrated by the model)
   const double *mahalanobis = nullptr;         // [n_local]
@@ -98,7 +100,10 @@ class Model {
   const ModelInfo &info() const { return info_; }
 
   // Run model.evaluate(...) with grad mode on; throws std::runtime_error.
-  ModelOutput evaluate(const EdgeBatch &batch, bool monitors, bool force_sigma);
+  // per_edge: edge gradients are needed (per-atom virial); otherwise the fused kernel with the
+  // C readout may return assembled forces (and, when `virial`, the virial) instead.
+  ModelOutput evaluate(const EdgeBatch &batch, bool monitors, bool force_sigma, bool per_edge = true,
+                       bool virial = true);
 
   // True for an AOTInductor package (path ending in .pt2, written by `mlip-md compile`): its
   // compiled graphs run instead of TorchScript; force sigma and tiny inputs use the .pt it was

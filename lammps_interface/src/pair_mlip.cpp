@@ -303,7 +303,7 @@ MLIP::ModelOutput PairMLIP::run_model(bool monitors, bool force_sigma, bool &ran
   if (nlocal > 0) {
     start = MPI_Wtime();
     try {
-      out = model.evaluate(batch, monitors, force_sigma);
+      out = model.evaluate(batch, monitors, force_sigma, vflag_atom != 0, vflag_global != 0);
     } catch (std::exception &e) {
       error->one(FLERR, "pair_style mlip: {} (step {})", e.what(), update->ntimestep);
     }

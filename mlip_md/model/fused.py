@@ -175,6 +175,30 @@ class FusedModel(ExportedModel):
         return out
 
 
+    def energy_and_forces(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                          n_atoms: int) -> Dict[str, torch.Tensor]:
+        """Energies, forces and virial of a structure whose atoms are all centres, without
+        monitors: C forward -> C readout -> C backward that accumulates F_i += g_ij, F_j -= g_ij
+        and W = -sum r_ij (x) g_ij in its edge loop (no edge gradients are stored). Returns
+        ``atomic_energy`` [n], ``energy``, ``energy_members`` [K, n] (eV, model dtype),
+        ``forces`` [n, 3] (eV/Å) and ``virial`` [3, 3] (eV), float64. Needs the C readout
+        (:attr:`native_readout` not None)."""
+        if self.native_readout is None:
+            raise FusedModelError(f"model {self.path} has no C readout (uq {self.metadata.get('uq')!r}); "
+                                  "call the model and assemble its edge gradients instead")
+        np_dtype = NUMPY_DTYPES[self.dtype]
+        index = self.species_index(species.cpu().numpy())
+        pairs = np.ascontiguousarray(edge_index.cpu().numpy(), dtype=np.int64)
+        vectors = np.ascontiguousarray(edge_vectors.detach().cpu().numpy(), dtype=np_dtype)
+        features, density = self.kernel.power_spectrum_forward(self.params, index, pairs, vectors, n_atoms)
+        out = self.native_readout(index[:n_atoms], features)
+        forces, virial = self.kernel.power_spectrum_backward_forces(
+            self.params, index, pairs, vectors, density, out.pop("feature_grad").numpy(), n_atoms)
+        out["forces"] = torch.from_numpy(forces)
+        out["virial"] = torch.from_numpy(virial)
+        return out
+
+
 def maybe_fused(model: ExportedModel, fused: Optional[bool]) -> ExportedModel:
     """``fused`` None: wrap ``model`` in :class:`FusedModel` when it supports the kernel;
     True: wrap or raise :class:`FusedModelError`; False: return ``model`` unchanged."""

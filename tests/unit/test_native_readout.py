@@ -137,3 +137,32 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="last layer must have one output"):
         _core.MLPReadout([weights[0], np.zeros((1, 2, 3, 2))], [biases[0], np.zeros((1, 2, 2))], np.zeros(4),
                          np.ones(4), np.zeros(1), 1.0)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_energy_and_forces_equal_assembled_edge_gradients(tmp_path, dtype, tol):
+    """FusedModel.energy_and_forces (backward accumulating forces and virial in the kernel's
+    edge loop) equals the model call's edge gradients assembled by mlip_assemble_forces."""
+    from mlip_md.model.assemble import forces_and_virial
+
+    model = load_model(save_model(random_model((13, 5)), tmp_path / "m.pt", dtype=dtype))
+    fused = FusedModel(model)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.1, seed=5)
+    atoms.numbers = np.random.default_rng(5).choice([28, 29], size=len(atoms))
+    nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, fused.cutoff)
+    species = torch.as_tensor(atoms.numbers)
+    edge_index = torch.as_tensor(np.stack([nl.i, nl.j]))
+    vectors = torch.as_tensor(nl.vectors).to(fused.dtype)
+    out = fused.energy_and_forces(species, edge_index, vectors, len(atoms))
+    ref = FusedModel(model, native_readout=False)(species, edge_index, vectors, len(atoms), monitors=False)
+    forces, virial = forces_and_virial(ref["edge_grad"].to(torch.float64), edge_index, vectors.to(torch.float64),
+                                       len(atoms))
+    assert out["forces"].dtype == torch.float64 and "edge_grad" not in out
+    scale = float(forces.abs().max())
+    assert scale > 1e-3
+    assert float((out["forces"] - forces).abs().max()) <= tol * scale
+    assert float((out["virial"] - virial).abs().max()) <= tol * float(virial.abs().max())
+    assert float(out["energy"]) == pytest.approx(float(ref["energy"]), rel=tol)
+    with pytest.raises(Exception, match="no C readout"):
+        FusedModel(model, native_readout=False).energy_and_forces(species, edge_index, vectors, len(atoms))
