@@ -124,7 +124,7 @@ def test_two_elements_fused_equals_torchscript(plugin, cuni_unsorted):
     assert np.abs(converted["forces"] - plain["forces"]).max() > 1e-12
 
 
-MPI_INPUT = """
+NVE_INPUT = """
 units metal
 atom_style atomic
 atom_modify map array
@@ -134,37 +134,52 @@ plugin load {plugin}
 pair_style mlip {model} {extra}
 pair_coeff * * Cu
 compute pea all pe/atom
-compute mon all mlip/atom force_sigma yes
-velocity all create 500 42 loop geom
+{compute}
+velocity all create {temperature} 42 loop geom
 timestep 0.002
 fix integrate all nve
 thermo_style custom step pe ke etotal pxx pyy pzz pxy pxz pyz
 thermo_modify format float %.17g
-thermo 5
-dump d all custom 5 out.dump id x y z fx fy fz c_pea c_mon[1] c_mon[2] c_mon[3]
+thermo {thermo}
+dump d all custom 5 out.dump id x y z fx fy fz c_pea {columns}
 dump_modify d format float %.17g sort id
 run 10
 """
+MONITORED = dict(compute="compute mon all mlip/atom force_sigma yes", columns="c_mon[1] c_mon[2] c_mon[3]",
+                 temperature=500, thermo=5)
+# thermo every step: the pressure of steps 1-4 and 6-9 comes from the virial the kernel
+# accumulates (no per-atom virial wanted there), that of steps 0, 5, 10 from edge gradients
+UNMONITORED = dict(compute="compute vir all stress/atom NULL virial", columns="c_vir[1] c_vir[2] c_vir[6]",
+                   temperature=800, thermo=1)
+
+
+def nve_runs(plugin, env, tmp_path, atoms, settings, cases):
+    """10 NVE steps of `atoms` per case (name, MPI ranks, pair_style extra keywords): the log,
+    thermo rows and dump frames (every 5 steps) of each."""
+    write(tmp_path / "cu.data", atoms, format="lammps-data", specorder=["Cu"], masses=True)
+    runs = {}
+    for name, ranks, extra in cases:
+        work = tmp_path / name
+        work.mkdir()
+        shutil.copy(tmp_path / "cu.data", work)
+        (work / "in.nve").write_text(NVE_INPUT.format(plugin=plugin, model=CU_MODEL, extra=extra, **settings))
+        proc = run_lmp(["-in", "in.nve", "-log", "log.lammps"], work, env, mpi=ranks if ranks > 1 else 0)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        log = (work / "log.lammps").read_text()
+        assert f"on {ranks} procs for 10 steps" in log
+        runs[name] = (log, np.array(thermo_rows(log)), dump_frames((work / "out.dump").read_text()))
+    return runs
 
 
 def test_mpi_two_ranks_fused_equal_serial(plugin, env, tmp_path):
     """mpiexec -n 2 with the fused kernel (the default) == 1 rank to 1e-10 over 10 NVE steps
     (ghost atoms as neighbours, force sigma reverse-communicated), and == `fused no`."""
     atoms = triclinic_cu(seed=5, vacancy=True)
-    write(tmp_path / "cu.data", atoms, format="lammps-data", specorder=["Cu"], masses=True)
-    runs = {}
-    for name, ranks, extra in (("np1", 1, ""), ("np2", 2, ""), ("plain", 1, "fused no")):
-        work = tmp_path / name
-        work.mkdir()
-        shutil.copy(tmp_path / "cu.data", work)
-        (work / "in.mpi").write_text(MPI_INPUT.format(plugin=plugin, model=CU_MODEL, extra=extra))
-        proc = run_lmp(["-in", "in.mpi", "-log", "log.lammps"], work, env, mpi=ranks if ranks > 1 else 0)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        log = (work / "log.lammps").read_text()
-        assert f"on {ranks} procs for 10 steps" in log
-        assert ("fused descriptor kernel" in log) == (extra == ""), log[:3000]
-        runs[name] = (np.array(thermo_rows(log)), dump_frames((work / "out.dump").read_text()))
-    (t1, f1), (t2, f2), (t0, f0) = runs["np1"], runs["np2"], runs["plain"]
+    runs = nve_runs(plugin, env, tmp_path, atoms, MONITORED,
+                    [("np1", 1, ""), ("np2", 2, ""), ("plain", 1, "fused no")])
+    for name, (log, _, _) in runs.items():
+        assert ("fused descriptor kernel" in log) == (name != "plain"), log[:3000]
+    (_, t1, f1), (_, t2, f2), (_, t0, f0) = runs["np1"], runs["np2"], runs["plain"]
     assert t1.shape == (3, 10) and len(f1) == 3
     for thermo, frames in ((t2, f2), (t0, f0)):
         np.testing.assert_allclose(thermo, t1, rtol=1e-10, atol=1e-10)
@@ -174,60 +189,18 @@ def test_mpi_two_ranks_fused_equal_serial(plugin, env, tmp_path):
     assert f1[-1][:, 9].max() > 0  # force sigma was computed
 
 
-NATIVE_INPUT = """
-units metal
-atom_style atomic
-atom_modify map array
-boundary p p p
-read_data cu.data
-plugin load {plugin}
-pair_style mlip {model} {extra}
-pair_coeff * * Cu
-compute pea all pe/atom
-compute vir all stress/atom NULL virial
-velocity all create 800 7 loop geom
-timestep 0.002
-fix integrate all nve
-thermo_style custom step pe ke etotal pxx pyy pzz pxy pxz pyz
-thermo_modify format float %.17g
-thermo 1
-dump d all custom 5 out.dump id x y z fx fy fz c_pea c_vir[1] c_vir[2] c_vir[6]
-dump_modify d format float %.17g sort id
-run 10
-"""
-
-
-def _native_runs(plugin, env, tmp_path, model, cases):
-    atoms = triclinic_cu(seed=8, vacancy=True)
-    write(tmp_path / "cu.data", atoms, format="lammps-data", specorder=["Cu"], masses=True)
-    runs = {}
-    for name, ranks, extra in cases:
-        work = tmp_path / name
-        work.mkdir()
-        shutil.copy(tmp_path / "cu.data", work)
-        (work / "in.native").write_text(NATIVE_INPUT.format(plugin=plugin, model=model, extra=extra))
-        proc = run_lmp(["-in", "in.native", "-log", "log.lammps"], work, env, mpi=ranks if ranks > 1 else 0)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        log = (work / "log.lammps").read_text()
-        assert f"on {ranks} procs for 10 steps" in log
-        runs[name] = (log, np.array(thermo_rows(log)), dump_frames((work / "out.dump").read_text()))
-    return runs
-
-
 def test_native_readout_equals_torchscript_readout(plugin, env, tmp_path):
     """Steps without compute mlip/atom run the C readout (`readout native`, the default) and,
     unless a per-atom virial is wanted, a backward pass that accumulates forces and virial
     directly: 10 NVE steps with per-atom energies and virials equal `readout torchscript` and
     `fused no` to 1e-10, on 1 and 2 MPI ranks; in float32 to float32 precision."""
-    runs = _native_runs(plugin, env, tmp_path, CU_MODEL, [
+    runs = nve_runs(plugin, env, tmp_path, triclinic_cu(seed=8, vacancy=True), UNMONITORED, [
         ("native", 1, ""), ("native_np2", 2, ""), ("torchscript", 1, "readout torchscript"),
         ("plain", 1, "fused no"), ("native_f32", 1, "dtype float32"),
         ("torchscript_f32", 1, "dtype float32 readout torchscript")])
     log, thermo, frames = runs["native"]
     assert "fused descriptor kernel and C readout" in log
     assert "C readout" not in runs["torchscript"][0] and "fused descriptor kernel" in runs["torchscript"][0]
-    # thermo every step: the pressure of steps 1-4 and 6-9 comes from the virial the kernel
-    # accumulates (no per-atom virial wanted there), that of steps 0, 5, 10 from edge gradients
     assert thermo.shape == (11, 10) and len(frames) == 3 and np.abs(frames[-1][:, 4:7]).max() > 0.1
     for name in ("native_np2", "torchscript", "plain"):
         np.testing.assert_allclose(runs[name][1], thermo, rtol=1e-10, atol=1e-10, err_msg=name)
