@@ -136,6 +136,14 @@ class FusedModel(ExportedModel):
             raise UnknownElementError(f"atomic numbers {np.unique(numbers).tolist()} unknown to model {self.path}")
         return self._species_table[numbers]
 
+    def _kernel_inputs(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor):
+        """The kernel's numpy inputs: species indices [N], edge_index [2, E] int64, edge vectors
+        [E, 3] in the model dtype (views where the tensors already are so)."""
+        index = self.species_index(species.cpu().numpy())
+        pairs = np.ascontiguousarray(edge_index.cpu().numpy(), dtype=np.int64)
+        vectors = np.ascontiguousarray(edge_vectors.detach().cpu().numpy(), dtype=NUMPY_DTYPES[self.dtype])
+        return index, pairs, vectors
+
     def __call__(
         self,
         species: torch.Tensor,
@@ -146,11 +154,8 @@ class FusedModel(ExportedModel):
         force_sigma: bool = False,
     ) -> Dict[str, torch.Tensor]:
         n_local = int(n_local)
-        np_dtype = NUMPY_DTYPES[self.dtype]
         species = species.cpu()
-        index = self.species_index(species.numpy())
-        pairs = np.ascontiguousarray(edge_index.cpu().numpy(), dtype=np.int64)
-        vectors = np.ascontiguousarray(edge_vectors.detach().cpu().numpy(), dtype=np_dtype)
+        index, pairs, vectors = self._kernel_inputs(species, edge_index, edge_vectors)
         features, density = self.kernel.power_spectrum_forward(self.params, index, pairs, vectors, n_local)
         if self.native_readout is not None and not monitors and not force_sigma:
             out = self.native_readout(index[:n_local], features)
@@ -186,10 +191,7 @@ class FusedModel(ExportedModel):
         if self.native_readout is None:
             raise FusedModelError(f"model {self.path} has no C readout (uq {self.metadata.get('uq')!r}); "
                                   "call the model and assemble its edge gradients instead")
-        np_dtype = NUMPY_DTYPES[self.dtype]
-        index = self.species_index(species.cpu().numpy())
-        pairs = np.ascontiguousarray(edge_index.cpu().numpy(), dtype=np.int64)
-        vectors = np.ascontiguousarray(edge_vectors.detach().cpu().numpy(), dtype=np_dtype)
+        index, pairs, vectors = self._kernel_inputs(species, edge_index, edge_vectors)
         features, density = self.kernel.power_spectrum_forward(self.params, index, pairs, vectors, n_atoms)
         out = self.native_readout(index[:n_atoms], features)
         forces, virial = self.kernel.power_spectrum_backward_forces(
