@@ -438,8 +438,9 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, F
     } else {    // forces and virial accumulated in the kernel's edge loop
       const double *w = nullptr;
       const double *forces = fused.backward_forces(batch, virial, w);
-      results["forces"] = torch::from_blob(const_cast<double *>(forces), {n_all, 3}, doubles);
-      results["virial"] = torch::from_blob(const_cast<double *>(w), {3, 3}, doubles);
+      // own keys: compiled packages return "forces" / "virial" of their own beside edge_grad
+      results["kernel_forces"] = torch::from_blob(const_cast<double *>(forces), {n_all, 3}, doubles);
+      results["kernel_virial"] = torch::from_blob(const_cast<double *>(w), {3, 3}, doubles);
     }
     kernel_seconds += std::chrono::duration<double>(clock::now() - start).count();
     return;
@@ -576,9 +577,9 @@ ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_si
 
   ModelOutput out;
   out.atomic_energy = fetch("atomic_energy", n_local, true);
-  out.forces = fetch("forces", 3 * n_all, false);
+  out.forces = fetch("kernel_forces", 3 * n_all, false);
   if (out.forces)
-    out.virial = fetch("virial", 9, true);
+    out.virial = fetch("kernel_virial", 9, true);
   else
     out.edge_grad = fetch("edge_grad", 3 * n_edges, true);
   out.energy_members = fetch("energy_members", -1, true);
