@@ -22,6 +22,7 @@ cdef extern from "mlip_md.h" nogil:
         MLIP_OK
         MLIP_ERR_INVALID_ARGUMENT
         MLIP_ERR_OUT_OF_MEMORY
+        MLIP_ERR_STALE
         MLIP_ERRBUF_LEN
         MLIP_API_VERSION
 
@@ -49,11 +50,18 @@ cdef extern from "mlip_md.h" nogil:
                                mlip_neighbor_list *result, char *errbuf,
                                size_t errbuf_len)
     void mlip_neighbor_list_free(mlip_neighbor_list *list)
-    int mlip_neighbors_filter(const double *positions, int64_t n_atoms, const int64_t *i,
-                              const int64_t *j, const double *shift_vectors, int64_t n_pairs,
-                              double cutoff, int64_t *out_ij, int64_t *out_index,
-                              double *out_vectors, double *out_distances, int64_t *n_kept,
-                              char *errbuf, size_t errbuf_len)
+    ctypedef struct mlip_verlet_candidates:
+        pass
+    int mlip_verlet_candidates_create(int64_t n_atoms, const double *positions, const double *cell,
+                                      const int64_t *i, const int64_t *j, const int32_t *shifts,
+                                      int64_t n_pairs, double cutoff, double skin,
+                                      mlip_verlet_candidates **out, char *errbuf, size_t errbuf_len)
+    void mlip_verlet_candidates_free(mlip_verlet_candidates *candidates)
+    int64_t mlip_verlet_candidates_count(const mlip_verlet_candidates *candidates)
+    int mlip_verlet_candidates_filter(const mlip_verlet_candidates *candidates, const double *positions,
+                                      int64_t *out_ij, int64_t *out_index, double *out_vectors,
+                                      double *out_distances, int64_t *n_kept, double *min_distance,
+                                      char *errbuf, size_t errbuf_len)
 
 
 API_VERSION = MLIP_API_VERSION
@@ -466,48 +474,87 @@ def switch_evaluate(int shape, double r_inner, double r_outer, r):
     return s.reshape(shape_r), ds.reshape(shape_r), d2s.reshape(shape_r)
 
 
-def filter_neighbors(positions, i, j, shift_vectors, double cutoff, out_ij, out_index,
-                     out_vectors, out_distances):
-    """Raw binding of ``mlip_neighbors_filter``: writes the n pairs of (i, j, shift_vectors)
-    closer than ``cutoff`` into the caller's buffers (out_ij [2 len(i)] holds i then j, so
-    ``out_ij[:2 n].reshape(2, n)`` is the edge index; out_index and out_distances may be None)
-    and returns n."""
-    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] pos = positions
-    cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] ci = i
-    cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] cj = j
-    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] sv = shift_vectors
-    cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] oij = out_ij
-    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] ov = out_vectors
-    cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] ok
-    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] od
-    cdef int64_t n_pairs = ci.shape[0]
-    if pos.shape[1] != 3 or sv.shape[0] != n_pairs or sv.shape[1] != 3 or cj.shape[0] != n_pairs:
-        raise ValueError("positions [N, 3], i [E], j [E] and shift_vectors [E, 3] must agree")
-    if oij.shape[0] != 2 * n_pairs or ov.shape[0] < n_pairs or ov.shape[1] != 3:
-        raise ValueError("out_ij must hold 2 len(i) entries and out_vectors len(i) rows")
-    cdef int64_t *index_ptr = NULL
-    cdef double *dist_ptr = NULL
-    if out_index is not None:
-        ok = out_index
-        if ok.shape[0] < n_pairs:
-            raise ValueError("out_index must hold len(i) entries")
-        index_ptr = <int64_t *>ok.data
-    if out_distances is not None:
-        od = out_distances
-        if od.shape[0] < n_pairs:
-            raise ValueError("out_distances must hold len(i) entries")
-        dist_ptr = <double *>od.data
-    cdef int64_t kept = 0
-    cdef char errbuf[MLIP_ERRBUF_LEN]
-    cdef int status
-    with nogil:
-        status = mlip_neighbors_filter(<const double *>pos.data, pos.shape[0], <const int64_t *>ci.data,
-                                       <const int64_t *>cj.data, <const double *>sv.data, n_pairs, cutoff,
-                                       <int64_t *>oij.data, index_ptr, <double *>ov.data, dist_ptr,
-                                       &kept, errbuf, MLIP_ERRBUF_LEN)
-    if status != MLIP_OK:
-        raise ValueError(errbuf.decode("utf-8", "replace"))
-    return kept
+class StaleCandidatesError(RuntimeError):
+    """The Verlet candidates no longer cover the cutoff (an atom moved more than skin / 2)."""
+
+
+cdef class VerletCandidates:
+    """``mlip_verlet_candidates``: the candidate pairs of a Verlet list, stored once.
+
+    ``VerletCandidates(positions [n_atoms, 3] Å, cell [3, 3] Å, i [E] int64 ascending, j [E]
+    int64, shifts [E, 3] int32, cutoff Å, skin Å)`` (candidates built at cutoff + skin at
+    these positions); ``filter(positions, out_ij [2 E] int64, out_vectors [E, 3], out_index [E]
+    int64 or None, out_distances [E] or None)`` writes the n pairs closer than ``cutoff`` (``out_ij[:2 n].reshape(2, n)`` is the
+    edge index) and returns ``(n, smallest kept distance or inf)``; StaleCandidatesError when an
+    atom moved more than skin / 2 since the build."""
+    cdef mlip_verlet_candidates *handle
+    cdef readonly int64_t n_atoms, n_pairs
+
+    def __cinit__(self):
+        self.handle = NULL
+
+    def __init__(self, positions, cell, i, j, shifts, double cutoff, double skin):
+        cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] pos = np.ascontiguousarray(positions, dtype=np.float64)
+        cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] ci = np.ascontiguousarray(i, dtype=np.int64)
+        cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] cj = np.ascontiguousarray(j, dtype=np.int64)
+        cdef cnp.ndarray[cnp.int32_t, ndim=2, mode="c"] cs = np.ascontiguousarray(
+            np.reshape(shifts, (-1, 3)), dtype=np.int32)
+        cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] cc = np.ascontiguousarray(
+            np.reshape(cell, (3, 3)), dtype=np.float64)
+        if pos.shape[1] != 3:
+            raise ValueError(f"positions must be [n_atoms, 3], got {np.shape(positions)}")
+        if cj.shape[0] != ci.shape[0] or cs.shape[0] != ci.shape[0]:
+            raise ValueError(f"i [{ci.shape[0]}], j [{cj.shape[0]}] and shifts [{cs.shape[0]}, 3] must agree")
+        cdef char errbuf[MLIP_ERRBUF_LEN]
+        cdef int status = mlip_verlet_candidates_create(pos.shape[0], <const double *>pos.data,
+                                                        <const double *>cc.data, <const int64_t *>ci.data,
+                                                        <const int64_t *>cj.data, <const int32_t *>cs.data,
+                                                        ci.shape[0], cutoff, skin, &self.handle, errbuf,
+                                                        MLIP_ERRBUF_LEN)
+        if status == MLIP_ERR_OUT_OF_MEMORY:
+            raise MemoryError(errbuf.decode("utf-8", "replace"))
+        if status != MLIP_OK:
+            raise ValueError(errbuf.decode("utf-8", "replace"))
+        self.n_atoms = pos.shape[0]
+        self.n_pairs = mlip_verlet_candidates_count(self.handle)
+
+    def __dealloc__(self):
+        mlip_verlet_candidates_free(self.handle)
+
+    def filter(self, positions, out_ij, out_vectors, out_index=None, out_distances=None):
+        cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] pos = positions
+        cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] oij = out_ij
+        cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] ov = out_vectors
+        cdef cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] ok
+        cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] od
+        if pos.shape[0] != self.n_atoms or pos.shape[1] != 3:
+            raise ValueError(f"positions must be [{self.n_atoms}, 3], got [{pos.shape[0]}, {pos.shape[1]}]")
+        if oij.shape[0] != 2 * self.n_pairs or ov.shape[0] < self.n_pairs or ov.shape[1] != 3:
+            raise ValueError("out_ij must hold 2 n_pairs entries and out_vectors n_pairs rows")
+        cdef int64_t *index_ptr = NULL
+        cdef double *dist_ptr = NULL
+        if out_index is not None:
+            ok = out_index
+            if ok.shape[0] < self.n_pairs:
+                raise ValueError("out_index must hold n_pairs entries")
+            index_ptr = <int64_t *>ok.data
+        if out_distances is not None:
+            od = out_distances
+            if od.shape[0] < self.n_pairs:
+                raise ValueError("out_distances must hold n_pairs entries")
+            dist_ptr = <double *>od.data
+        cdef int64_t kept = 0
+        cdef double closest = 0.0
+        cdef char errbuf[MLIP_ERRBUF_LEN]
+        cdef int status
+        with nogil:
+            status = mlip_verlet_candidates_filter(self.handle, <const double *>pos.data, <int64_t *>oij.data, index_ptr, <double *>ov.data, dist_ptr,
+                                                   &kept, &closest, errbuf, MLIP_ERRBUF_LEN)
+        if status == MLIP_ERR_STALE:
+            raise StaleCandidatesError(errbuf.decode("utf-8", "replace"))
+        if status != MLIP_OK:
+            raise ValueError(errbuf.decode("utf-8", "replace"))
+        return kept, closest
 
 
 # ============================================================================

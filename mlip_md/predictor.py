@@ -158,17 +158,15 @@ class Predictor:
         self.model.check_elements(numbers)
         try:
             if self.verlet is not None:
-                nl = self.verlet.update(positions, cell, pbc)
+                nl = self.verlet.update(positions, cell, pbc, details=False)
+                closest = self.verlet.min_distance
             else:
                 nl = neighbor_list(positions, cell, pbc, self.cutoff, vectors=True, distances=True)
+                closest = nl.distances.min(initial=np.inf)
         except ValueError as exc:
             raise InvalidStructureError(str(exc)) from exc
-        if nl.distances.size and nl.distances.min() <= 1e-8:
-            k = int(np.argmin(nl.distances))
-            raise InvalidStructureError(
-                f"atoms {int(nl.i[k])} and {int(nl.j[k])} sit on top of each other (distance "
-                f"{nl.distances[k]:.2e} Å); remove the duplicate atom"
-            )
+        if closest <= 1e-8:
+            _raise_overlap(nl)
         n = len(numbers)
         start, stop = (0, n) if centres is None else centres.indices(n)[:2]
         if (start, stop) == (0, n):
@@ -252,6 +250,16 @@ class Predictor:
             std = pred.force_members.std(axis=0, ddof=1) if k > 1 else np.zeros_like(pred.forces)
             pred.force_sigma = std * self.force_scale
         return pred
+
+
+def _raise_overlap(nl) -> None:
+    """InvalidStructureError naming the closest pair of ``nl`` (vectors in Å)."""
+    distances = np.linalg.norm(nl.vectors, axis=1)
+    k = int(np.argmin(distances))
+    raise InvalidStructureError(
+        f"atoms {int(nl.i[k])} and {int(nl.j[k])} sit on top of each other (distance "
+        f"{distances[k]:.2e} Å); remove the duplicate atom"
+    )
 
 
 def _unpermute(part: Prediction, order: np.ndarray, n_local: int) -> Prediction:

@@ -57,6 +57,7 @@
 #define MLIP_ERR_INVALID_ARGUMENT 1 /* bad input (shape, value, NULL ptr)  */
 #define MLIP_ERR_OUT_OF_MEMORY 2    /* an allocation failed                 */
 #define MLIP_ERR_INTERNAL 3         /* bug / unexpected C++ exception       */
+#define MLIP_ERR_STALE 4            /* Verlet candidates out of date: rebuild */
 
 /* Recommended size of the caller-provided error buffer (bytes). Messages
  * longer than the buffer are truncated; the buffer is always NUL-terminated
@@ -179,20 +180,45 @@ MLIP_API int mlip_neighbors_compute(const double *positions, int64_t n_atoms,
  * NULL is a no-op. */
 MLIP_API void mlip_neighbor_list_free(mlip_neighbor_list *list);
 
-/* Refresh a Verlet list (csrc/src/verlet.cpp). Candidate pairs (i[k], j[k]) with shift
- * vectors shift_vectors[k] = S_k @ cell ([n_pairs][3], Angstrom) come from a list built at
- * cutoff + skin; for each, r = positions[j] - positions[i] + shift is recomputed and the pair
- * kept when |r| < cutoff. The n kept pairs are written in candidate order to the caller's
- * buffers: out_ij [2 * n_pairs] receives i in out_ij[0..n) and j in out_ij[n..2n) (an
- * edge_index [2][n], C-contiguous), out_index [n_pairs] the candidate index k (may be NULL),
- * out_vectors [n_pairs][3] the vectors, out_distances [n_pairs] |r| (may be NULL); *n_kept
- * receives n. No allocation. Returns MLIP_OK or MLIP_ERR_INVALID_ARGUMENT (an index out of
- * range, cutoff <= 0). */
-MLIP_API int mlip_neighbors_filter(const double *positions, int64_t n_atoms, const int64_t *i,
-                                   const int64_t *j, const double *shift_vectors, int64_t n_pairs,
-                                   double cutoff, int64_t *out_ij, int64_t *out_index,
-                                   double *out_vectors, double *out_distances, int64_t *n_kept,
-                                   char *errbuf, size_t errbuf_len);
+/* Verlet list (csrc/src/verlet.cpp): candidate pairs built once at cutoff + skin by
+ * mlip_neighbors_compute, refreshed on every step.
+ *
+ * mlip_verlet_candidates_create stores n_pairs candidates (i[k], j[k], shifts[k]) compactly:
+ * i [n_pairs] int64 sorted ascending (as mlip_neighbors_compute returns it), j [n_pairs]
+ * int64, shifts [n_pairs][3] int32 (S_k: r = x_j - x_i + S_k @ cell), cell [3][3] the rows
+ * a, b, c and positions [n_atoms][3] the coordinates the list was built at, in Angstrom;
+ * cutoff and skin (Angstrom) those of the list (candidates within cutoff + skin). Candidates
+ * closer than cutoff - skin at `positions` stay inside the cutoff while no atom moves more
+ * than skin / 2, and the refresh keeps them without a test. Indices are checked here, once.
+ * Release with mlip_verlet_candidates_free. Returns MLIP_OK, MLIP_ERR_INVALID_ARGUMENT (index
+ * out of range, i not sorted, n_atoms >= 2^31, cutoff <= 0, skin < 0) or
+ * MLIP_ERR_OUT_OF_MEMORY. */
+typedef struct mlip_verlet_candidates mlip_verlet_candidates;  /* opaque */
+
+MLIP_API int mlip_verlet_candidates_create(int64_t n_atoms, const double *positions, const double *cell,
+                                           const int64_t *i, const int64_t *j, const int32_t *shifts,
+                                           int64_t n_pairs, double cutoff, double skin,
+                                           mlip_verlet_candidates **out, char *errbuf, size_t errbuf_len);
+MLIP_API void mlip_verlet_candidates_free(mlip_verlet_candidates *candidates);  /* NULL: no-op */
+MLIP_API int64_t mlip_verlet_candidates_count(const mlip_verlet_candidates *candidates);
+
+/* Refresh: for every candidate, r = positions[j] - positions[i] + S @ cell is recomputed from
+ * positions [n_atoms][3] (Angstrom) and the pair kept when |r| < cutoff. The n kept pairs are
+ * written, i ascending (the order of one atom's neighbours is unspecified), to the caller's
+ * buffers, each sized for every candidate:
+ * out_ij [2 * n_pairs] receives i in out_ij[0..n) and j in out_ij[n..2n) (an edge_index
+ * [2][n], C-contiguous), out_vectors [n_pairs][3] the vectors, out_index [n_pairs] the
+ * candidate index k (may be NULL), out_distances [n_pairs] |r| (may be NULL); *n_kept receives
+ * n and *min_distance (may be NULL) the smallest kept |r| (infinity when none is kept). No
+ * allocation, no per-pair checks. Returns MLIP_OK, MLIP_ERR_INVALID_ARGUMENT (NULL buffers)
+ * or MLIP_ERR_STALE (a candidate closer than cutoff - skin at creation is now beyond the
+ * cutoff: an atom moved more than skin / 2; rebuild the candidates -- the output is then
+ * incomplete). */
+MLIP_API int mlip_verlet_candidates_filter(const mlip_verlet_candidates *candidates,
+                                           const double *positions, int64_t *out_ij,
+                                           int64_t *out_index, double *out_vectors,
+                                           double *out_distances, int64_t *n_kept,
+                                           double *min_distance, char *errbuf, size_t errbuf_len);
 
 /* ========================================================================= */
 /* 3. i-PI wire codec                                                        */

@@ -96,7 +96,7 @@ inline __attribute__((always_inline)) typename Vec<T>::type exp_poly(typename Ve
         p = p * r + 1.0f;
     }
     const I bits = (__builtin_convertvector(n, I) + (dbl ? 1023 : 127)) << (dbl ? 52 : 23);
-    return p * reinterpret_cast<const V &>(bits);
+    return p * (V)bits;  // a cast between GCC vector types of one size reinterprets the bits
 }
 
 // z[k] <- silu(z[k]) and slope[k] = silu'(z[k]) for k < n (a multiple of the vector width).

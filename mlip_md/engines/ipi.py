@@ -168,7 +168,9 @@ class Driver:
         self.reply: Optional[bytes] = None
         self.positions: Optional[np.ndarray] = None
         self.steps = 0
-        self.busy_seconds = 0.0  # from POSDATA received to FORCEREADY sent
+        self.busy_seconds = 0.0  # from POSDATA received to FORCEREADY sent, every step
+        self.first_step_seconds: Optional[float] = None  # the first step alone (set-up: lists, warm-up)
+        self._first_step_model_seconds = 0.0
         self.halt_requested = False
         self.init_string = b""
         self.index = -1
@@ -195,7 +197,11 @@ class Driver:
                     raise ProtocolError("i-PI asked for forces (GETFORCE) before sending positions (POSDATA)")
                 client.send(self.reply)
                 self.reply = None
-                self.busy_seconds += time.perf_counter() - started
+                elapsed = time.perf_counter() - started
+                self.busy_seconds += elapsed
+                if self.first_step_seconds is None:
+                    self.first_step_seconds = elapsed
+                    self._first_step_model_seconds = self.model_seconds
             elif message == Message.EXIT:
                 return
             else:
@@ -228,10 +234,17 @@ class Driver:
         return predictor.model_seconds
 
     def timing_summary(self) -> str:
-        if not self.busy_seconds:
+        """One line: the first step (neighbour-list build, model warm-up) apart, then the steady
+        state's time per step and its share outside the model call."""
+        if self.first_step_seconds is None:
             return "no steps served"
-        outside = 1.0 - self.model_seconds / self.busy_seconds
-        return (f"{self.busy_seconds:.3f} s serving requests ({1e3 * self.busy_seconds / self.steps:.2f} ms/step), "
+        first = f"first step {1e3 * self.first_step_seconds:.1f} ms (set-up)"
+        served = self.steps - 1
+        busy = self.busy_seconds - self.first_step_seconds
+        if served < 1 or busy <= 0.0:
+            return first
+        outside = 1.0 - (self.model_seconds - self._first_step_model_seconds) / busy
+        return (f"{first}, then {busy:.3f} s serving {served} requests ({1e3 * busy / served:.2f} ms/step), "
                 f"{100 * outside:.1f}% of it outside the model")
 
     def _observe(self, cell, pred) -> None:

@@ -122,6 +122,11 @@ def test_nve_energy_conservation_and_forces_equal_ase(tmp_path):
     steps = 500
     driver = run_in_process(tmp_path, atoms, lambda a: simulation_xml(a, steps, stride=1))
     assert driver.steps >= steps
+    # timing: the first step (set-up) apart, the steady state's share outside the model
+    summary = driver.timing_summary()
+    assert summary.startswith("first step") and f"serving {driver.steps - 1} requests" in summary, summary
+    outside = float(summary.split("% of it outside the model")[0].split()[-1])
+    assert 0.0 < outside < 100.0 and 0.0 < driver.first_step_seconds < driver.busy_seconds
     props = read_properties(tmp_path / "sim.out")
     conserved = props["conserved{electronvolt}"] / len(atoms)
     drift = np.polyfit(props["time{picosecond}"], conserved, 1)[0]
@@ -329,6 +334,7 @@ def test_server_started_after_the_driver(tmp_path):
         out, err = driver.communicate(timeout=300)
         assert driver.returncode == 0, err
         assert server.wait(timeout=60) == 0
+    assert "i-PI sent EXIT after 4 steps; first step" in err and "% of it outside the model" in err, err
 
 
 def test_server_killed_mid_run(tmp_path):

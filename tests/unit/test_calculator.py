@@ -127,10 +127,11 @@ def test_zero_volume_periodic_cell(model_path, cell, message):
         atoms.get_potential_energy()
 
 
-def test_coincident_atoms(model_path):
-    atoms = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 0]], pbc=False)
-    atoms.calc = MLIPCalculator(model_path)
-    with pytest.raises(InvalidStructureError, match="on top of each other"):
+@pytest.mark.parametrize("skin", [0.0, 0.5])  # fresh list; Verlet refresh (closest distance from C)
+def test_coincident_atoms(model_path, skin):
+    atoms = Atoms("Cu3", positions=[[0, 0, 0], [2.5, 0, 0], [2.5, 0, 0]], pbc=False)
+    atoms.calc = MLIPCalculator(model_path, skin=skin)
+    with pytest.raises(InvalidStructureError, match="atoms 1 and 2 sit on top of each other"):
         atoms.get_potential_energy()
 
 

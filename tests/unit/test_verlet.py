@@ -12,6 +12,7 @@ from ase import units
 from mlip_md.engines.ase import MLIPCalculator
 from mlip_md.model.io import save_model
 from mlip_md.neighbors import neighbor_list
+from mlip_md._native import core
 from mlip_md.verlet import VerletList
 
 
@@ -64,6 +65,67 @@ def test_rebuilds_when_cell_pbc_or_size_change():
     vl.invalidate()
     vl.update(atoms.positions[:-1], strained, [True, True, False])
     assert vl.builds == 5
+
+
+def test_details_false_gives_the_same_pairs_and_the_closest_distance():
+    atoms = triclinic_cell(2)
+    vl = VerletList(cutoff=4.0, skin=0.5)
+    full = vl.update(atoms.positions, atoms.cell.array, atoms.pbc)
+    full = (full.i.copy(), full.j.copy(), full.vectors.copy(), full.distances.min())
+    lean = vl.update(atoms.positions, atoms.cell.array, atoms.pbc, details=False)
+    assert lean.shifts is None and lean.distances is None
+    assert np.array_equal(lean.i, full[0]) and np.array_equal(lean.j, full[1])
+    assert np.array_equal(lean.vectors, full[2])
+    assert vl.min_distance == pytest.approx(full[3], abs=1e-14)
+
+
+def test_stale_candidates_are_reported_and_rebuilt_never_truncated():
+    """Pairs closer than cutoff - skin at the build are kept without a cutoff test; if an atom
+    moved further than skin / 2 anyway, the C refresh reports it and VerletList rebuilds."""
+    atoms = triclinic_cell(3)
+    cutoff, skin = 4.0, 0.5
+    cand = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff + skin)
+    packed = core.VerletCandidates(atoms.positions, atoms.cell.array, cand.i, cand.j, cand.shifts, cutoff, skin)
+    e = len(cand.i)
+    buffers = (np.empty(2 * e, np.int64), np.empty((e, 3)))
+    fresh = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    n, closest = packed.filter(atoms.positions, *buffers)
+    assert n == len(fresh.i) and closest == pytest.approx(np.linalg.norm(fresh.vectors, axis=1).min())
+    # pull atom 0 1.5 Å away from its nearest neighbour: a sure pair leaves the cutoff
+    k = int(np.argmin(np.linalg.norm(fresh.vectors, axis=1)))
+    moved = atoms.positions.copy()
+    moved[fresh.i[k]] -= 1.5 * fresh.vectors[k] / np.linalg.norm(fresh.vectors[k])
+    far = np.flatnonzero(np.linalg.norm(neighbor_list(moved, atoms.cell.array, atoms.pbc, cutoff + skin).vectors,
+                                        axis=1) >= cutoff)
+    assert len(far)
+    with pytest.raises(core.StaleCandidatesError, match="rebuild"):
+        packed.filter(moved, *buffers)
+    # VerletList: a build whose reference was not the true last position still answers exactly
+    vl = VerletList(cutoff, skin)
+    vl.update(atoms.positions, atoms.cell.array, atoms.pbc)
+    vl._reference = moved.copy()  # as if the displacement check had been skipped
+    got = vl.update(moved, atoms.cell.array, atoms.pbc)
+    assert pair_set(got) == pair_set(neighbor_list(moved, atoms.cell.array, atoms.pbc, cutoff))
+    assert vl.builds == 2
+
+
+def test_candidates_bad_input_names_the_problem():
+    atoms = triclinic_cell(4)
+    cand = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.5)
+    with pytest.raises(ValueError, match="sorted ascending"):
+        core.VerletCandidates(atoms.positions, atoms.cell.array, cand.i[::-1], cand.j[::-1], cand.shifts[::-1], 4.0, 0.5)
+    j = cand.j.copy()
+    j[3] = len(atoms)
+    with pytest.raises(ValueError, match="0..35"):
+        core.VerletCandidates(atoms.positions, atoms.cell.array, cand.i, j, cand.shifts, 4.0, 0.5)
+    with pytest.raises(ValueError, match="cutoff > 0 and skin >= 0"):
+        core.VerletCandidates(atoms.positions, atoms.cell.array, cand.i, cand.j, cand.shifts, 4.0, -0.5)
+    packed = core.VerletCandidates(atoms.positions, atoms.cell.array, cand.i, cand.j, cand.shifts, 4.0, 0.5)
+    e = len(cand.i)
+    with pytest.raises(ValueError, match="positions must be"):
+        packed.filter(atoms.positions[:-1], np.empty(2 * e, np.int64), np.empty((e, 3)))
+    with pytest.raises(ValueError, match="out_ij must hold"):
+        packed.filter(atoms.positions, np.empty(e, np.int64), np.empty((e, 3)))
 
 
 def test_bad_arguments():
