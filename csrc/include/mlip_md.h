@@ -19,7 +19,7 @@
  *
  * Sections:
  *   1. Common: export macro, status codes, memory
- *   2. Neighbour lists
+ *   2. Neighbour lists and Verlet candidates (built at cutoff + skin, refreshed per step)
  *   3. i-PI wire codec (socket messages; atomic units <-> eV, Angstrom)
  *   4. Switching functions (QM/ML hybrid)
  *   5. Power-spectrum descriptor (fused forward and backward of the built-in model)
@@ -50,7 +50,7 @@
 #endif
 
 /* Version of this C API; bumped on any incompatible change. */
-#define MLIP_API_VERSION 1
+#define MLIP_API_VERSION 2  /* 2: mlip_neighbors_filter replaced by mlip_verlet_candidates_* */
 
 /* Status codes returned by every fallible function. */
 #define MLIP_OK 0
