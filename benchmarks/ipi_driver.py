@@ -3,7 +3,8 @@ model through MLIPCalculator), side by side in one run, NVE Cu at N = 500, 4000,
 
 Reports steps/s of each pair (timed by i-PI's own per-step wall clock, which excludes i-PI's
 start-up and shutdown), the ratio, and the share of the mlip_md driver's step time spent outside
-the model call. Both drivers do the same work (energy, forces, virial; the ASE side runs
+the model call (from the driver's last log line: the steady state after its first step, which
+builds the neighbour list from scratch and warms the model up). Both drivers do the same work (energy, forces, virial; the ASE side runs
 ``MLIPCalculator(monitors=False)``, mlip_md ``--monitor-every 0``); one more column has mlip_md
 with its default monitors (sigma, T², d_min, contacts) on every step. A zero-force model served by
 mlip_md versus ``i-pi-driver-py -m dummy`` gives the pure protocol overhead.
