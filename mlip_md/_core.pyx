@@ -788,6 +788,18 @@ cdef extern from "mlip_md.h" nogil:
     int mlip_mlp_readout_evaluate_f32(const mlip_mlp_readout *readout, int64_t n_atoms,
                                       const int64_t *species_index, const float *features, float *atomic_energy,
                                       float *member_energy, float *feature_grad, char *errbuf, size_t errbuf_len)
+    int mlip_power_spectrum_energy_forces_f64(const mlip_power_spectrum_params *params,
+                                              const mlip_mlp_readout *readout, int64_t n_local, int64_t n_all,
+                                              const int64_t *species_index, int64_t n_edges,
+                                              const int64_t *edge_index, const double *edge_vectors,
+                                              double *atomic_energy, double *member_energy, double *forces,
+                                              double *virial, char *errbuf, size_t errbuf_len)
+    int mlip_power_spectrum_energy_forces_f32(const mlip_power_spectrum_params *params,
+                                              const mlip_mlp_readout *readout, int64_t n_local, int64_t n_all,
+                                              const int64_t *species_index, int64_t n_edges,
+                                              const int64_t *edge_index, const float *edge_vectors,
+                                              float *atomic_energy, float *member_energy, double *forces,
+                                              double *virial, char *errbuf, size_t errbuf_len)
 
 
 cdef class MLPReadout:
@@ -873,3 +885,39 @@ cdef class MLPReadout:
         if status != MLIP_OK:
             raise ValueError(errbuf.decode("utf-8", "replace"))
         return energy, members, grad
+
+    def energy_forces(self, params, species_index, edge_index, edge_vectors, int64_t n_local, bint virial=True):
+        """``mlip_power_spectrum_energy_forces_*``: the fused descriptor (``params``, section 5)
+        and this readout in one pass. Returns ``(atomic_energy [n_local], member_energy [K,
+        n_local], forces [n_all, 3] float64, virial [3, 3] float64 or None)``; edge_vectors in
+        this readout's dtype."""
+        cdef mlip_power_spectrum_params p = _ps_params(params)
+        s, ei, v = _ps_common(species_index, edge_index, edge_vectors)
+        if v.dtype != self.dtype:
+            raise ValueError(f"edge_vectors are {v.dtype}, the readout runs in {self.dtype}")
+        cdef int64_t n_all = s.shape[0], n_edges = ei.shape[1]
+        if not 0 <= n_local <= n_all:
+            raise ValueError(f"n_local must lie in 0..{n_all}, got {n_local}")
+        energy = np.empty(n_local, dtype=self.dtype)
+        members = np.empty((self.n_members, n_local), dtype=self.dtype)
+        forces = np.zeros((n_all, 3), dtype=np.float64)
+        w = np.zeros((3, 3), dtype=np.float64)
+        cdef cnp.ndarray cs = s, cei = ei, cv = v, ce = energy, cm = members, cf = forces, cw = w
+        cdef double *wp = <double *>cw.data if virial else NULL
+        cdef int status
+        cdef char errbuf[MLIP_ERRBUF_LEN]
+        cdef bint single = self.dtype == np.dtype(np.float32)
+        with nogil:
+            if single:
+                status = mlip_power_spectrum_energy_forces_f32(&p, self.handle, n_local, n_all, <const int64_t *>cs.data,
+                                                               n_edges, <const int64_t *>cei.data, <const float *>cv.data,
+                                                               <float *>ce.data, <float *>cm.data, <double *>cf.data, wp,
+                                                               errbuf, MLIP_ERRBUF_LEN)
+            else:
+                status = mlip_power_spectrum_energy_forces_f64(&p, self.handle, n_local, n_all, <const int64_t *>cs.data,
+                                                               n_edges, <const int64_t *>cei.data, <const double *>cv.data,
+                                                               <double *>ce.data, <double *>cm.data, <double *>cf.data, wp,
+                                                               errbuf, MLIP_ERRBUF_LEN)
+        if status != MLIP_OK:
+            raise ValueError(errbuf.decode("utf-8", "replace"))
+        return energy, members, forces, (w if virial else None)

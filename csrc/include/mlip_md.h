@@ -627,6 +627,9 @@ typedef struct mlip_mlp_readout_spec {
 MLIP_API int mlip_mlp_readout_create(const mlip_mlp_readout_spec *spec, int32_t precision,
                                      mlip_mlp_readout **out, char *errbuf, size_t errbuf_len);
 MLIP_API void mlip_mlp_readout_free(mlip_mlp_readout *readout);
+/* D (input features) and K (members) of a readout; -1 for NULL. */
+MLIP_API int64_t mlip_mlp_readout_n_features(const mlip_mlp_readout *readout);
+MLIP_API int64_t mlip_mlp_readout_n_members(const mlip_mlp_readout *readout);
 
 /* Evaluate n_atoms atoms (the f32 / f64 entry point must match the precision):
  *
@@ -646,6 +649,34 @@ MLIP_API int mlip_mlp_readout_evaluate_f32(const mlip_mlp_readout *readout, int6
                                            const int64_t *species_index, const float *features,
                                            float *atomic_energy, float *member_energy,
                                            float *feature_grad, char *errbuf, size_t errbuf_len);
+
+/* Energy and forces in one pass of the fused descriptor (section 5) and this readout: the
+ * forward, the readout and mlip_power_spectrum_backward_forces_* in blocks of centres, so each
+ * centre's basis is computed once and reused by the backward while it is in cache (the
+ * separate calls compute it twice). Same inputs as section 5's functions; outputs:
+ *
+ *   atomic_energy   [n_local] E_i, eV
+ *   member_energy   [K][n_local] e_ik, eV, or NULL
+ *   forces          [n_all][3] float64, eV/Angstrom, ACCUMULATED into (F_i += g, F_j -= g)
+ *   virial          [3][3] float64, eV, accumulated into (W -= r (x) g), or NULL
+ *
+ * The precision of the entry point must match the readout's. Results equal the separate calls
+ * to rounding. Returns MLIP_OK, MLIP_ERR_INVALID_ARGUMENT (as the separate calls, or a readout
+ * whose D is not the descriptor's), MLIP_ERR_OUT_OF_MEMORY or MLIP_ERR_INTERNAL. */
+MLIP_API int mlip_power_spectrum_energy_forces_f64(const mlip_power_spectrum_params *params,
+                                                   const mlip_mlp_readout *readout, int64_t n_local,
+                                                   int64_t n_all, const int64_t *species_index,
+                                                   int64_t n_edges, const int64_t *edge_index,
+                                                   const double *edge_vectors, double *atomic_energy,
+                                                   double *member_energy, double *forces, double *virial,
+                                                   char *errbuf, size_t errbuf_len);
+MLIP_API int mlip_power_spectrum_energy_forces_f32(const mlip_power_spectrum_params *params,
+                                                   const mlip_mlp_readout *readout, int64_t n_local,
+                                                   int64_t n_all, const int64_t *species_index,
+                                                   int64_t n_edges, const int64_t *edge_index,
+                                                   const float *edge_vectors, float *atomic_energy,
+                                                   float *member_energy, double *forces, double *virial,
+                                                   char *errbuf, size_t errbuf_len);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -441,6 +441,16 @@ int mlip_mlp_readout_create(const mlip_mlp_readout_spec *spec, int32_t precision
     return MLIP_OK;
 }
 
+int64_t mlip_mlp_readout_n_features(const mlip_mlp_readout *readout) {
+    if (readout == nullptr) return -1;
+    return readout->f32 ? readout->f32->D : readout->f64->D;
+}
+
+int64_t mlip_mlp_readout_n_members(const mlip_mlp_readout *readout) {
+    if (readout == nullptr) return -1;
+    return readout->f32 ? readout->f32->K : readout->f64->K;
+}
+
 void mlip_mlp_readout_free(mlip_mlp_readout *readout) {
     if (readout == nullptr) return;
     delete readout->f32;

@@ -74,7 +74,7 @@ const void *FusedDescriptor::vectors(const EdgeBatch &batch) const
   return batch.vectors.empty() ? d_edge_grad_.data() : batch.vectors.data();    // any non-NULL when E = 0
 }
 
-void FusedDescriptor::forward(const EdgeBatch &batch)
+void FusedDescriptor::prepare(const EdgeBatch &batch)
 {
   n_local_ = batch.n_local;
   n_all_ = static_cast<int64_t>(batch.species.size());
@@ -90,11 +90,19 @@ void FusedDescriptor::forward(const EdgeBatch &batch)
   std::copy(batch.src.begin(), batch.src.end(), edges);
   std::copy(batch.dst.begin(), batch.dst.end(), edges + n_edges_);
   sized(d_edge_grad_, 3 * n_edges_);    // also the non-NULL stand-in of vectors() when E = 0
-  char errbuf[512] = {0};
   if (single_) {
     float *v = sized(f_vectors_, 3 * n_edges_);
     for (int64_t k = 0; k < 3 * n_edges_; ++k) v[k] = static_cast<float>(batch.vectors[k]);
-    check(mlip_power_spectrum_forward_f32(&params_, n_local_, n_all_, species, n_edges_, edges, v,
+  }
+}
+
+void FusedDescriptor::forward(const EdgeBatch &batch)
+{
+  prepare(batch);
+  const int64_t *species = species_index_.data(), *edges = edge_index_.data();
+  char errbuf[512] = {0};
+  if (single_) {
+    check(mlip_power_spectrum_forward_f32(&params_, n_local_, n_all_, species, n_edges_, edges, f_vectors_.data(),
                                           sized(f_density_, n_local_ * density_size_),
                                           sized(f_features_, n_local_ * n_features_), errbuf, sizeof(errbuf)),
           errbuf, "forward");
@@ -160,6 +168,35 @@ const double *FusedDescriptor::backward_forces(const EdgeBatch &batch, bool with
   return forces;
 }
 
+const double *FusedDescriptor::energy_forces(const EdgeBatch &batch, FusedReadout &readout, bool with_virial,
+                                             const double *&virial)
+{
+  prepare(batch);
+  readout.size_outputs(n_local_);
+  char errbuf[512] = {0};
+  double *forces = sized(forces_, 3 * n_all_);
+  std::fill(forces, forces + 3 * n_all_, 0.0);
+  std::fill(virial_, virial_ + 9, 0.0);
+  double *w = with_virial ? virial_ : nullptr;
+  if (single_)
+    check(mlip_power_spectrum_energy_forces_f32(&params_, readout.handle(), n_local_, n_all_, species_index_.data(),
+                                                n_edges_, edge_index_.data(), f_vectors_.data(),
+                                                static_cast<float *>(readout.atomic_energy()),
+                                                static_cast<float *>(readout.member_energy()), forces, w, errbuf,
+                                                sizeof(errbuf)),
+          errbuf, "energy and forces");
+  else
+    check(mlip_power_spectrum_energy_forces_f64(&params_, readout.handle(), n_local_, n_all_, species_index_.data(),
+                                                n_edges_, edge_index_.data(),
+                                                static_cast<const double *>(vectors(batch)),
+                                                static_cast<double *>(readout.atomic_energy()),
+                                                static_cast<double *>(readout.member_energy()), forces, w, errbuf,
+                                                sizeof(errbuf)),
+          errbuf, "energy and forces");
+  virial = virial_;
+  return forces;
+}
+
 FusedReadout::FusedReadout(const mlip_mlp_readout_spec &spec, bool single) :
     n_members_(spec.n_members), single_(single)
 {
@@ -170,22 +207,32 @@ FusedReadout::FusedReadout(const mlip_mlp_readout_spec &spec, bool single) :
 
 FusedReadout::~FusedReadout() { mlip_mlp_readout_free(readout_); }
 
+void FusedReadout::size_outputs(int64_t n)
+{
+  if (single_) {
+    sized(f_energy_, n);
+    sized(f_members_, n_members_ * n);
+  } else {
+    sized(d_energy_, n);
+    sized(d_members_, n_members_ * n);
+  }
+}
+
 void FusedReadout::evaluate(FusedDescriptor &descriptor)
 {
   const int64_t n = descriptor.n_local();
   char errbuf[512] = {0};
   void *grad = descriptor.feature_grad(1);
+  size_outputs(n);
   if (single_)
     check(mlip_mlp_readout_evaluate_f32(readout_, n, descriptor.species_index(),
-                                        static_cast<const float *>(descriptor.features()), sized(f_energy_, n),
-                                        sized(f_members_, n_members_ * n), static_cast<float *>(grad), errbuf,
-                                        sizeof(errbuf)),
+                                        static_cast<const float *>(descriptor.features()), f_energy_.data(),
+                                        f_members_.data(), static_cast<float *>(grad), errbuf, sizeof(errbuf)),
           errbuf, "readout");
   else
     check(mlip_mlp_readout_evaluate_f64(readout_, n, descriptor.species_index(),
-                                        static_cast<const double *>(descriptor.features()), sized(d_energy_, n),
-                                        sized(d_members_, n_members_ * n), static_cast<double *>(grad), errbuf,
-                                        sizeof(errbuf)),
+                                        static_cast<const double *>(descriptor.features()), d_energy_.data(),
+                                        d_members_.data(), static_cast<double *>(grad), errbuf, sizeof(errbuf)),
           errbuf, "readout");
 }
 

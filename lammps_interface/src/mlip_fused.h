@@ -28,6 +28,8 @@ namespace MLIP {
 // checks that its feature count equals `n_features` (metadata n_features; <= 0: unchecked).
 std::string fused_descriptor_params(const JsonValue &meta, int64_t n_features, mlip_power_spectrum_params &params);
 
+class FusedReadout;
+
 class FusedDescriptor {
  public:
   // atomic_numbers: the model's elements; species index = position in this list.
@@ -57,11 +59,19 @@ class FusedDescriptor {
   // (float64, eV/Angstrom and eV, section 6's convention; the virial is zero without
   // with_virial) without edge gradients; valid until the next call.
   const double *backward_forces(const EdgeBatch &batch, bool with_virial, const double *&virial);
+  // Instead of forward() + readout.evaluate() + backward_forces(): one pass over blocks of
+  // centres that computes each centre's basis once (mlip_power_spectrum_energy_forces_*). Fills
+  // readout.atomic_energy() and readout.member_energy(); returns forces as backward_forces()
+  // does. features() and backward() are not valid after it.
+  const double *energy_forces(const EdgeBatch &batch, FusedReadout &readout, bool with_virial,
+                              const double *&virial);
 
  private:
   mlip_power_spectrum_params params_;
   int64_t n_features_ = 0, density_size_ = 0;
   bool single_ = false;
+  // species indices, edges and (float32) vectors of the batch for the kernel
+  void prepare(const EdgeBatch &batch);
   std::vector<int64_t> z_to_index_;    // atomic number -> species index, -1 when unknown
   int64_t n_local_ = 0, n_all_ = 0, n_edges_ = 0;    // of the last forward()
   std::vector<int64_t> species_index_, edge_index_;
@@ -85,6 +95,9 @@ class FusedReadout {
   void evaluate(FusedDescriptor &descriptor);
   void *atomic_energy() { return single_ ? static_cast<void *>(f_energy_.data()) : d_energy_.data(); }
   void *member_energy() { return single_ ? static_cast<void *>(f_members_.data()) : d_members_.data(); }
+  // For FusedDescriptor::energy_forces: the packed readout, and outputs sized for n atoms.
+  const mlip_mlp_readout *handle() const { return readout_; }
+  void size_outputs(int64_t n);
 
  private:
   mlip_mlp_readout *readout_ = nullptr;

@@ -420,28 +420,34 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, F
   const int64_t n_all = static_cast<int64_t>(batch.species.size());
   const int64_t n_edges = static_cast<int64_t>(batch.n_edges());
   const int64_t n_local = batch.n_local, d = fused.n_features();
-  fused.forward(batch);
-  kernel_seconds = std::chrono::duration<double>(clock::now() - start).count();
   const auto longs = torch::TensorOptions().dtype(torch::kLong);
   const auto reals = torch::TensorOptions().dtype(dtype);
   const auto doubles = torch::TensorOptions().dtype(torch::kFloat64);
-  if (readout && !monitors && !force_sigma) {    // C readout: writes dE/d features for the backward
-    readout->evaluate(fused);
-    start = clock::now();
+  auto energies = [&] {
     torch::Tensor atomic = torch::from_blob(readout->atomic_energy(), {n_local}, reals);
     results["atomic_energy"] = atomic;
     results["energy"] = atomic.sum();
     results["energy_members"] = torch::from_blob(readout->member_energy(), {readout->n_members(), n_local}, reals);
-    if (per_edge) {
-      const double *edge_grad = fused.backward(batch, 1);
-      results["edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad), {n_edges, 3}, doubles);
-    } else {    // forces and virial accumulated in the kernel's edge loop
-      const double *w = nullptr;
-      const double *forces = fused.backward_forces(batch, virial, w);
-      // own keys: compiled packages return "forces" / "virial" of their own beside edge_grad
-      results["kernel_forces"] = torch::from_blob(const_cast<double *>(forces), {n_all, 3}, doubles);
-      results["kernel_virial"] = torch::from_blob(const_cast<double *>(w), {3, 3}, doubles);
-    }
+  };
+  if (readout && !monitors && !force_sigma && !per_edge) {
+    // one pass (kernel time includes the C readout): forces and virial accumulated in the
+    // kernel's edge loop; own keys, as compiled packages return "forces" / "virial" of their own
+    const double *w = nullptr;
+    const double *forces = fused.energy_forces(batch, *readout, virial, w);
+    kernel_seconds = std::chrono::duration<double>(clock::now() - start).count();
+    energies();
+    results["kernel_forces"] = torch::from_blob(const_cast<double *>(forces), {n_all, 3}, doubles);
+    results["kernel_virial"] = torch::from_blob(const_cast<double *>(w), {3, 3}, doubles);
+    return;
+  }
+  fused.forward(batch);
+  kernel_seconds = std::chrono::duration<double>(clock::now() - start).count();
+  if (readout && !monitors && !force_sigma) {    // per-atom virial: C readout, then edge gradients
+    readout->evaluate(fused);
+    start = clock::now();
+    energies();
+    const double *edge_grad = fused.backward(batch, 1);
+    results["edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad), {n_edges, 3}, doubles);
     kernel_seconds += std::chrono::duration<double>(clock::now() - start).count();
     return;
   }

@@ -183,8 +183,9 @@ class FusedModel(ExportedModel):
     def energy_and_forces(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
                           n_atoms: int) -> Dict[str, torch.Tensor]:
         """Energies, forces and virial of a structure whose atoms are all centres, without
-        monitors: C forward -> C readout -> C backward that accumulates F_i += g_ij, F_j -= g_ij
-        and W = -sum r_ij (x) g_ij in its edge loop (no edge gradients are stored). Returns
+        monitors: one C pass over blocks of centres (forward, C readout, and a backward that
+        accumulates F_i += g_ij, F_j -= g_ij and W = -sum r_ij (x) g_ij in its edge loop, reusing
+        each centre's basis; no edge gradients are stored). Returns
         ``atomic_energy`` [n], ``energy``, ``energy_members`` [K, n] (eV, model dtype),
         ``forces`` [n, 3] (eV/Å) and ``virial`` [3, 3] (eV), float64. Needs the C readout
         (:attr:`native_readout` not None)."""
@@ -192,13 +193,7 @@ class FusedModel(ExportedModel):
             raise FusedModelError(f"model {self.path} has no C readout (uq {self.metadata.get('uq')!r}); "
                                   "call the model and assemble its edge gradients instead")
         index, pairs, vectors = self._kernel_inputs(species, edge_index, edge_vectors)
-        features, density = self.kernel.power_spectrum_forward(self.params, index, pairs, vectors, n_atoms)
-        out = self.native_readout(index[:n_atoms], features)
-        forces, virial = self.kernel.power_spectrum_backward_forces(
-            self.params, index, pairs, vectors, density, out.pop("feature_grad").numpy(), n_atoms)
-        out["forces"] = torch.from_numpy(forces)
-        out["virial"] = torch.from_numpy(virial)
-        return out
+        return self.native_readout.energy_and_forces(self.params, index, pairs, vectors, n_atoms)
 
 
 def maybe_fused(model: ExportedModel, fused: Optional[bool]) -> ExportedModel:

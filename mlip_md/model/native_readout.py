@@ -58,6 +58,19 @@ class NativeReadout:
         return {"atomic_energy": atomic, "energy": atomic.sum(), "energy_members": torch.from_numpy(members),
                 "feature_grad": torch.from_numpy(grad)}
 
+    def energy_and_forces(self, params: dict, species_index: np.ndarray, edge_index: np.ndarray,
+                          edge_vectors: np.ndarray, n_local: int) -> Dict[str, torch.Tensor]:
+        """The fused descriptor (``params``) and this readout in one C pass over blocks of centres
+        (``mlip_power_spectrum_energy_forces_*``): species_index [n_all], edge_index [2, E],
+        edge_vectors [E, 3] (Å, model dtype). Returns ``atomic_energy`` [n_local], ``energy``,
+        ``energy_members`` [K, n_local] (eV, model dtype), ``forces`` [n_all, 3] (eV/Å) and
+        ``virial`` [3, 3] (eV), float64."""
+        energy, members, forces, virial = self.kernel.energy_forces(params, species_index, edge_index, edge_vectors,
+                                                                    n_local)
+        atomic = torch.from_numpy(energy)
+        return {"atomic_energy": atomic, "energy": atomic.sum(), "energy_members": torch.from_numpy(members),
+                "forces": torch.from_numpy(forces), "virial": torch.from_numpy(virial)}
+
 
 def native_readout(model) -> Optional[NativeReadout]:
     """The C readout of ``model`` (an ExportedModel), or None when it is not supported."""

@@ -166,3 +166,49 @@ def test_energy_and_forces_equal_assembled_edge_gradients(tmp_path, dtype, tol):
     assert float(out["energy"]) == pytest.approx(float(ref["energy"]), rel=tol)
     with pytest.raises(Exception, match="no C readout"):
         FusedModel(model, native_readout=False).energy_and_forces(species, edge_index, vectors, len(atoms))
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-13), ("float32", 1e-5)])
+def test_one_pass_equals_the_separate_kernel_calls(tmp_path, dtype, tol):
+    """mlip_power_spectrum_energy_forces (forward, readout and backward per block of 8 centres)
+    equals forward -> readout -> backward_forces: 2 species, 37 centres (not a multiple of the
+    block) plus ghost atoms, an isolated centre without edges, edges in shuffled order."""
+    model = load_model(save_model(random_model((13, 5)), tmp_path / "m.pt", dtype=dtype))
+    fused = FusedModel(model)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 2))[:40]
+    atoms.rattle(0.1, seed=7)
+    atoms.numbers = np.random.default_rng(7).choice([28, 29], size=len(atoms))
+    atoms.positions[36] += 30.0  # far from everything: a centre with no edges
+    atoms.pbc = False
+    n_local = 37
+    nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, fused.cutoff)
+    keep = nl.i < n_local  # ghosts (37..39) are neighbours only
+    order = np.random.default_rng(1).permutation(int(keep.sum()))
+    pairs = np.ascontiguousarray(np.stack([nl.i[keep], nl.j[keep]])[:, order])
+    vectors = np.ascontiguousarray(nl.vectors[keep][order], dtype=np.float32 if dtype == "float32" else np.float64)
+    index = fused.species_index(atoms.numbers)
+    kernel = fused.native_readout.kernel
+    energy, members, forces, virial = kernel.energy_forces(fused.params, index, pairs, vectors, n_local)
+    features, density = _core.power_spectrum_forward(fused.params, index, pairs, vectors, n_local)
+    ref_energy, ref_members, grad = kernel.evaluate(index[:n_local], features)
+    ref_forces, ref_virial = _core.power_spectrum_backward_forces(fused.params, index, pairs, vectors, density, grad,
+                                                                  n_local)
+    assert forces.shape == (40, 3) and np.abs(ref_forces).max() > 1e-3
+    np.testing.assert_allclose(energy, ref_energy, rtol=tol, atol=0)
+    np.testing.assert_allclose(members, ref_members, rtol=tol, atol=0)
+    np.testing.assert_allclose(forces, ref_forces, rtol=0, atol=tol * np.abs(ref_forces).max())
+    np.testing.assert_allclose(virial, ref_virial, rtol=0, atol=tol * np.abs(ref_virial).max())
+    assert np.all(forces[36] == 0.0)
+    _, _, _, no_virial = kernel.energy_forces(fused.params, index, pairs, vectors, n_local, virial=False)
+    assert no_virial is None
+
+
+def test_one_pass_names_a_readout_of_another_model(tmp_path):
+    fused = FusedModel(load_model(save_model(random_model((13, 5)), tmp_path / "m.pt")))
+    small = _core.MLPReadout([np.zeros((2, 2, 4, 3)), np.zeros((2, 2, 3, 1))], [np.zeros((2, 2, 3)), np.zeros((2, 2, 1))],
+                             np.zeros(4), np.ones(4), np.zeros(2), 1.0)
+    with pytest.raises(ValueError, match="the readout takes 4 features, the descriptor makes"):
+        small.energy_forces(fused.params, np.zeros(2, np.int64), np.zeros((2, 0), np.int64), np.zeros((0, 3)), 2)
+    with pytest.raises(ValueError, match="edge_vectors are float32"):
+        fused.native_readout.kernel.energy_forces(fused.params, np.zeros(2, np.int64), np.zeros((2, 0), np.int64),
+                                                  np.zeros((0, 3), np.float32), 2)
