@@ -16,7 +16,7 @@ core = Extension(
     "mlip_md._core",
     sources=["mlip_md/_core.pyx", "csrc/src/neighbors.cpp", "csrc/src/ipi_codec.cpp",
              "csrc/src/switching.cpp", "csrc/src/verlet.cpp", "csrc/src/power_spectrum.cpp",
-             "csrc/src/assemble.cpp", "csrc/src/mlp_readout.cpp"],
+             "csrc/src/assemble.cpp", "csrc/src/mlp_readout.cpp", "csrc/src/repulsion.cpp"],
     include_dirs=["csrc/include", numpy.get_include()],
     language="c++",
     extra_compile_args=["-std=c++17", "-O3", "-fno-math-errno", "-fopenmp-simd", "-march=native"],

@@ -117,7 +117,7 @@ def main() -> None:
               + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in row["parts"].items()), flush=True)
         if not args.no_ipi:
             steps = max(5, args.steps if n < 20000 else args.steps // 2)
-            command = [sys.executable, "-m", "mlip_md.cli", "ipi", "--unix", "--address", "{address}",
+            command = [str(Path(sys.prefix) / "bin" / "mlip-md"), "ipi", "--unix", "--address", "{address}",
                        "--model", str(source.path), "--committee", "off", "--monitor-every", "0"]
             row["ipi_ts"] = run_pair(root / f"ts_{n}", atoms, steps, command + ["--no-fused"])["steps_per_second"]
             row["ipi_fused"] = run_pair(root / f"fused_{n}", atoms, steps, command + ["--fused"])["steps_per_second"]

@@ -127,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mlip_md_ipi_bench_"))
     zero = zero_model(root / "zero.pt")
-    mlip = [sys.executable, "-m", "mlip_md.cli", "ipi", "--unix", "--address", "{address}"]
+    mlip = [str(Path(sys.prefix) / "bin" / "mlip-md"), "ipi", "--unix", "--address", "{address}"]
     baseline = ["i-pi-driver-py", "-u", "-a", "{address}", "-m", "custom", "-P", str(HERE / "ipi_ase_pes.py"),
                 "-o", "template={workdir}/template.extxyz,model=" + args.model]
     rows = []

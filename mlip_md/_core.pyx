@@ -921,3 +921,139 @@ cdef class MLPReadout:
         if status != MLIP_OK:
             raise ValueError(errbuf.decode("utf-8", "replace"))
         return energy, members, forces, (w if virial else None)
+
+
+# ============================================================================
+# Short-range repulsion (section 8 of mlip_md.h)
+# ============================================================================
+cdef extern from "mlip_md.h" nogil:
+    ctypedef struct mlip_repulsion:
+        pass
+    ctypedef struct mlip_repulsion_spec:
+        int32_t n_species
+        const int32_t *atomic_numbers
+        const double *r_inner
+        const double *r_outer
+    int mlip_repulsion_create(const mlip_repulsion_spec *spec, mlip_repulsion **out, char *errbuf,
+                              size_t errbuf_len)
+    void mlip_repulsion_free(mlip_repulsion *repulsion)
+    double mlip_repulsion_max_radius(const mlip_repulsion *repulsion)
+    int mlip_repulsion_evaluate_f64(const mlip_repulsion *repulsion, int64_t n_local, int64_t n_all,
+                                    const int64_t *species_index, int64_t n_edges, const int64_t *edge_index,
+                                    const double *edge_vectors, double *atomic_energy, double *edge_grad,
+                                    double *forces, double *virial, int64_t *n_active, char *errbuf,
+                                    size_t errbuf_len)
+    int mlip_repulsion_evaluate_f32(const mlip_repulsion *repulsion, int64_t n_local, int64_t n_all,
+                                    const int64_t *species_index, int64_t n_edges, const int64_t *edge_index,
+                                    const float *edge_vectors, double *atomic_energy, double *edge_grad,
+                                    double *forces, double *virial, int64_t *n_active, char *errbuf,
+                                    size_t errbuf_len)
+    int mlip_repulsion_pair_evaluate(int32_t z_a, int32_t z_b, double r_inner, double r_outer, const double *r,
+                                     int64_t n, double *energy, double *denergy_dr, char *errbuf,
+                                     size_t errbuf_len)
+    int mlip_zbl_evaluate(int32_t z_a, int32_t z_b, const double *r, int64_t n, double *energy,
+                          double *denergy_dr, char *errbuf, size_t errbuf_len)
+
+
+cdef double *_accumulator(object array, tuple shape, str name) except? NULL:
+    """Data pointer of a C-contiguous, writeable float64 array of ``shape`` (None -> NULL)."""
+    if array is None:
+        return NULL
+    if (not isinstance(array, np.ndarray) or array.dtype != np.float64 or array.shape != shape
+            or not array.flags.c_contiguous or not array.flags.writeable):
+        raise ValueError(f"{name} must be a writeable C-contiguous float64 array of shape {shape}")
+    return <double *>cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
+cdef class Repulsion:
+    """``mlip_repulsion``: atomic_numbers [S], r_inner / r_outer [S, S] (Å, symmetric; r_outer 0:
+    no repulsion for the pair). ``evaluate(species_index [N], edge_index [2, E], edge_vectors
+    [E, 3] (float64 or float32), n_local, edge_grad=None, forces=None, virial=None)`` returns
+    ``(atomic_energy [n_local] float64 eV, n_active)`` and accumulates into the float64 arrays
+    given (edge_grad [E, 3], forces [N, 3], virial [3, 3])."""
+    cdef mlip_repulsion *handle
+    cdef readonly double max_radius
+
+    def __cinit__(self):
+        self.handle = NULL
+
+    def __init__(self, atomic_numbers, r_inner, r_outer):
+        cdef cnp.ndarray[cnp.int32_t, ndim=1, mode="c"] z = np.ascontiguousarray(atomic_numbers, dtype=np.int32)
+        cdef int64_t s = z.shape[0]
+        cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] ri = np.ascontiguousarray(r_inner, dtype=np.float64)
+        cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] ro = np.ascontiguousarray(r_outer, dtype=np.float64)
+        if ri.shape[0] != s or ri.shape[1] != s or ro.shape[0] != s or ro.shape[1] != s:
+            raise ValueError(f"r_inner and r_outer must be [{s}, {s}] (one row per atomic number)")
+        cdef mlip_repulsion_spec spec
+        spec.n_species = s
+        spec.atomic_numbers = <const int32_t *>z.data
+        spec.r_inner = <const double *>ri.data
+        spec.r_outer = <const double *>ro.data
+        cdef char errbuf[MLIP_ERRBUF_LEN]
+        if mlip_repulsion_create(&spec, &self.handle, errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+            raise ValueError(errbuf.decode("utf-8", "replace"))
+        self.max_radius = mlip_repulsion_max_radius(self.handle)
+
+    def __dealloc__(self):
+        mlip_repulsion_free(self.handle)
+
+    def evaluate(self, species_index, edge_index, edge_vectors, int64_t n_local, edge_grad=None, forces=None,
+                 virial=None):
+        cdef cnp.ndarray s = np.ascontiguousarray(species_index, dtype=np.int64)
+        cdef cnp.ndarray ei = np.ascontiguousarray(edge_index, dtype=np.int64)
+        v = np.asarray(edge_vectors)
+        if v.dtype != np.float32:
+            v = np.ascontiguousarray(v, dtype=np.float64)
+        else:
+            v = np.ascontiguousarray(v)
+        cdef cnp.ndarray cv = v
+        if s.ndim != 1 or ei.ndim != 2 or ei.shape[0] != 2 or v.ndim != 2 or v.shape[1] != 3 or v.shape[0] != ei.shape[1]:
+            raise ValueError("need species_index [N], edge_index [2, E] and edge_vectors [E, 3]")
+        cdef int64_t n_all = s.shape[0], n_edges = ei.shape[1]
+        if not 0 <= n_local <= n_all:
+            raise ValueError(f"n_local must lie in 0..{n_all}, got {n_local}")
+        cdef double *gp = _accumulator(edge_grad, (n_edges, 3), "edge_grad")
+        cdef double *fp = _accumulator(forces, (n_all, 3), "forces")
+        cdef double *wp = _accumulator(virial, (3, 3), "virial")
+        energy = np.empty(n_local, dtype=np.float64)
+        cdef cnp.ndarray ce = energy
+        cdef int64_t active = 0
+        cdef int status
+        cdef char errbuf[MLIP_ERRBUF_LEN]
+        cdef bint single = v.dtype == np.float32
+        with nogil:
+            if single:
+                status = mlip_repulsion_evaluate_f32(self.handle, n_local, n_all, <const int64_t *>s.data, n_edges,
+                                                     <const int64_t *>ei.data, <const float *>cv.data,
+                                                     <double *>ce.data, gp, fp, wp, &active, errbuf, MLIP_ERRBUF_LEN)
+            else:
+                status = mlip_repulsion_evaluate_f64(self.handle, n_local, n_all, <const int64_t *>s.data, n_edges,
+                                                     <const int64_t *>ei.data, <const double *>cv.data,
+                                                     <double *>ce.data, gp, fp, wp, &active, errbuf, MLIP_ERRBUF_LEN)
+        if status != MLIP_OK:
+            raise ValueError(errbuf.decode("utf-8", "replace"))
+        return energy, active
+
+
+def repulsion_pair(int z_a, int z_b, double r_inner, double r_outer, r):
+    """``mlip_repulsion_pair_evaluate``: (V [n] eV, dV/dr [n] eV/Å) of one switched pair at r [n] Å."""
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] x = np.ascontiguousarray(np.ravel(r), dtype=np.float64)
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] e = np.empty_like(x)
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] de = np.empty_like(x)
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if mlip_repulsion_pair_evaluate(z_a, z_b, r_inner, r_outer, <const double *>x.data, x.shape[0], <double *>e.data,
+                                    <double *>de.data, errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise ValueError(errbuf.decode("utf-8", "replace"))
+    return e, de
+
+
+def zbl(int z_a, int z_b, r):
+    """``mlip_zbl_evaluate``: (E_ZBL [n] eV, dE_ZBL/dr [n] eV/Å) of the bare ZBL at r [n] Å."""
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] x = np.ascontiguousarray(np.ravel(r), dtype=np.float64)
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] e = np.empty_like(x)
+    cdef cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] de = np.empty_like(x)
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if mlip_zbl_evaluate(z_a, z_b, <const double *>x.data, x.shape[0], <double *>e.data, <double *>de.data, errbuf,
+                         MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise ValueError(errbuf.decode("utf-8", "replace"))
+    return e, de

@@ -5,11 +5,15 @@
     mlip-md check m.pt                   conformance check of a model file
     mlip-md evaluate m.pt data.extxyz    errors of a model on labelled data
     mlip-md info m.pt                    print a model's metadata
+    mlip-md upgrade old.pt -o new.pt     re-export an older model file with this version
+    mlip-md model-path                   print the shipped model's path (for LAMMPS inputs)
+    mlip-md lammps-plugin-path           print the LAMMPS plugin's path (for plugin load)
     mlip-md active run config.toml       active learning loop (resumable); `active benchmark`
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -55,8 +59,35 @@ def _add_train(sub) -> None:
     p.add_argument("--report", type=Path, help="JSON report (default: OUTPUT with .json)")
     p.add_argument("--reference", default="unknown", help="reference method of the labels (provenance)")
     p.add_argument("--init", type=Path, help="warm start from this model's weights (same architecture)")
+    p.add_argument("--no-repulsion", action="store_true",
+                   help="leave out the short-range ZBL repulsion below the closest training distances")
     p.add_argument("--no-progress", action="store_true")
+    _add_drop_nonfinite(p)
     p.set_defaults(func=cmd_train)
+
+
+def _add_drop_nonfinite(p) -> None:
+    p.add_argument("--drop-nonfinite", action="store_true",
+                   help="leave out structures with NaN/inf energy, forces or stress (one warning lists them; "
+                   "default: refuse the data, naming them)")
+
+
+@contextlib.contextmanager
+def _label_warnings(command: str):
+    """Print the NonFiniteLabelsWarning of --drop-nonfinite as 'mlip-md COMMAND: warning: ...'
+    lines when the block ends; other warnings are shown as usual."""
+    import warnings
+
+    from .errors import NonFiniteLabelsWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteLabelsWarning)
+        yield
+    for item in caught:
+        if issubclass(item.category, NonFiniteLabelsWarning):
+            print(f"mlip-md {command}: warning: {item.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
 
 
 def cmd_train(args) -> int:
@@ -71,9 +102,12 @@ def cmd_train(args) -> int:
     from .train.trainer import TrainConfig, split_train_val, train_ensemble
     from ._atomic import atomic_write_text
 
-    frames = read_structures(args.data)
-    if args.valid:
-        train, val = frames, read_structures(args.valid)
+    with _label_warnings("train"):
+        frames = read_structures(args.data, drop_nonfinite=args.drop_nonfinite)
+        valid = read_structures(args.valid, drop_nonfinite=args.drop_nonfinite) if args.valid else None
+        test = read_structures(args.test, drop_nonfinite=args.drop_nonfinite) if args.test else None
+    if valid is not None:
+        train, val = frames, valid
     else:
         train, val = split_train_val(frames, args.val_fraction, args.seed)
     numbers = sorted({int(z) for a in train + val for z in a.numbers})
@@ -86,6 +120,7 @@ def cmd_train(args) -> int:
         hidden=args.hidden,
         ensemble_size=args.ensemble if args.uq == "ensemble" else 1,
         uq=args.uq,
+        repulsion=not args.no_repulsion,
     )
     config = TrainConfig(
         epochs=args.epochs,
@@ -128,7 +163,7 @@ def cmd_train(args) -> int:
     if args.test:
         from .model.io import load_potential as reload
 
-        test = [to_graph(a, args.cutoff) for a in read_structures(args.test)]
+        test = [to_graph(a, args.cutoff) for a in test]
         report["test"] = evaluate_errors(reload(args.output), test)
     report_path = args.report or args.output.with_suffix(".json")
     atomic_write_text(report_path, json.dumps(report, indent=1))
@@ -165,7 +200,9 @@ def cmd_evaluate(args) -> int:
     from .train.fit import evaluate_errors
 
     module = load_potential(args.model)
-    graphs = [to_graph(a, module.cutoff) for a in read_structures(args.data)]
+    with _label_warnings("evaluate"):
+        frames = read_structures(args.data, drop_nonfinite=args.drop_nonfinite)
+    graphs = [to_graph(a, module.cutoff) for a in frames]
     errors = evaluate_errors(module, graphs)
     _print_errors(str(args.data), errors)
     if args.json:
@@ -178,8 +215,10 @@ def cmd_evaluate(args) -> int:
 def cmd_calibrate(args) -> int:
     from .uq.calibration import calibrate_file, markdown
 
-    report = calibrate_file(args.model, args.data, args.output, test=args.test, report_stem=args.report,
-                            family=args.distribution, floor=not args.no_floor)
+    with _label_warnings("calibrate"):
+        report = calibrate_file(args.model, args.data, args.output, test=args.test, report_stem=args.report,
+                                family=args.distribution, floor=not args.no_floor,
+                                drop_nonfinite=args.drop_nonfinite)
     print(markdown(report))
     print(f"wrote {args.output} and {', '.join(report['reports'])}")
     return 0
@@ -202,6 +241,32 @@ def cmd_domain(args) -> int:
     return 0
 
 
+def cmd_upgrade(args) -> int:
+    from .model.io import read_metadata, reexport
+
+    if args.output.resolve() == args.model.resolve():
+        raise ValueError(f"--output {args.output} is the input file; write the upgraded model to a new file")
+    before = read_metadata(args.model)
+    path = reexport(args.model, args.output, repulsion=not args.no_repulsion)
+    after = read_metadata(path)
+    def present(meta: dict, block: str) -> bool:
+        return isinstance(meta.get(block), dict) and meta[block].get("kind", "none") != "none"
+
+    added = [block for block in ("descriptor", "repulsion") if present(after, block) and not present(before, block)]
+    print(f"wrote {path} (mlip_md {after['mlip_md_version']}, format {after['format_version']}; "
+          f"added: {', '.join(added) if added else 'nothing new'})")
+    return 0
+
+
+def cmd_model_path(args) -> int:
+    from .model.io import default_model_path, read_metadata
+
+    path = default_model_path()
+    read_metadata(path)  # ModelFileError (exit 2) when the installed file is missing or damaged
+    print(path)
+    return 0
+
+
 def cmd_info(args) -> int:
     from .model.io import read_metadata, resolve_model_path
 
@@ -211,9 +276,11 @@ def cmd_info(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_ase_demo, run_ipi_demo
+    from .process import configure_for_md
 
+    settings = configure_for_md(args.threads)
     common = dict(model=args.model, steps=args.steps, temperature=args.temperature, timestep=args.timestep,
-                  supercell=args.supercell, seed=args.seed, device=args.device)
+                  supercell=args.supercell, seed=args.seed, device=args.device, process=settings.describe())
     if args.engine == "ase":
         result = run_ase_demo(**common)
     else:
@@ -233,6 +300,32 @@ def _monitor_rule(text: str):
         raise argparse.ArgumentTypeError(
             f"--monitor takes SIGNAL:THRESHOLD:ACTION[,ACTION], e.g. mahalanobis:500:warn,dump ({exc})"
         )
+
+
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads takes a whole number >= 1, got {text!r}")
+    return value
+
+
+def _add_threads(p) -> None:
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="torch threads per process (default: OMP_NUM_THREADS if set, else 1: right for MPI ranks "
+                   "and busy machines; more can help large cells on an idle machine)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"takes a number of seconds >= 0 (0: no limit), got {text!r}")
+    return value
 
 
 def _add_ipi(sub) -> None:
@@ -255,19 +348,32 @@ def _add_ipi(sub) -> None:
                    help="SIGNAL:THRESHOLD:ACTIONS, e.g. mahalanobis:500:warn,dump (repeatable); "
                    "actions warn, dump, label, halt")
     p.add_argument("--monitor-every", type=int, default=1,
-                   help="compute the monitors (sigma, T^2, d_min, contacts; the extras' *_max keys and the "
-                   "--monitor rules) every N steps; 0: never (committee_pot is sent every step regardless)")
+                   help="compute the monitors (sigma, T^2, d_min, contacts; the extras' *_max keys, the "
+                   "--close-contact / out-of-domain checks and the --monitor rules) every N steps; 0: never "
+                   "(no checks; committee_pot is sent every step regardless)")
     p.add_argument("--hysteresis", type=float, default=0.1, help="a fired rule re-arms below threshold x (1 - h)")
     p.add_argument("--cooldown", type=int, default=0, help="steps a rule stays quiet after firing")
     p.add_argument("--dedupe", type=float, default=0.05,
                    help="skip dumping/labelling frames whose extreme environment is this close (RMS, "
                    "standardised descriptor units) to one already written; 0 disables")
-    p.add_argument("--dump", type=Path, default=Path("mlip_md_flagged.extxyz"), help="extxyz file for dump actions")
+    p.add_argument("--close-contact", choices=["warn", "halt", "dump", "ignore"], default="warn",
+                   help="atoms closer than any pair in training (checked on monitor steps): warn (default, "
+                   "rate-limited), halt (i-PI's soft exit via --exit-file), dump (warn and append the frame to "
+                   "--dump) or ignore")
+    p.add_argument("--ood-warnings", action=argparse.BooleanOptionalAction, default=True,
+                   help="warn (rate-limited) when an atom's T^2 or d_min is above the largest value of the "
+                   "training data (default on; --no-ood-warnings turns it off)")
+    p.add_argument("--dump", type=Path, default=Path("mlip_md_flagged.extxyz"),
+                   help="extxyz file for dump actions and --close-contact dump")
     p.add_argument("--label", type=Path, default=Path("mlip_md_candidates.extxyz"), help="extxyz file for label actions")
     p.add_argument("--exit-file", type=Path, default=Path("EXIT"),
                    help="file created by a halt action; i-PI stops softly when it sees EXIT in its directory")
     p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for the server")
+    p.add_argument("--timeout", type=_seconds, default=600.0,
+                   help="give up (exit 1) when i-PI sends nothing for this many seconds, between or in the middle "
+                   "of messages (default %(default)g; 0: wait forever, e.g. for a driver that may idle)")
     p.add_argument("--device", default="cpu")
+    _add_threads(p)
     p.add_argument("--compiled", type=Path, help="compiled package of --model (mlip-md compile) to evaluate instead; "
                    "--model serves what it does not cover (force sigma). --model m.pt2 alone also works")
     p.add_argument("--skin", type=float, default=0.5,
@@ -284,6 +390,8 @@ def _add_ipi(sub) -> None:
 def cmd_ipi(args) -> int:
     import logging
 
+    from .process import configure_for_md
+
     from .engines.ipi import Driver, SocketClient, serve
     from .monitor import MonitorPolicy
     from .parallel import ParallelPredictor, world_communicator
@@ -293,6 +401,7 @@ def cmd_ipi(args) -> int:
     rank = 0 if comm is None else comm.Get_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"mlip-md ipi{'' if comm is None else f' [rank {rank}]'}: %(message)s")
+    settings = configure_for_md(args.threads)
     if args.hybrid is not None:
         from .qmml.config import hybrid_evaluator
 
@@ -301,16 +410,19 @@ def cmd_ipi(args) -> int:
         predictor = Predictor(args.model, device=args.device, skin=args.skin, compiled=args.compiled,
                               fused=args.fused, dtype=args.dtype)
         evaluator = predictor if comm is None else ParallelPredictor(predictor, comm)
-        import os
-
         from .model.fused import FusedModel
 
-        description = "; model {}{}, neighbour-list skin {:g} Å, malloc {}".format(
+        description = "; model {}{}, neighbour-list skin {:g} Å, {}".format(
             predictor.model.path, " (compiled)" if args.compiled or str(args.model).endswith(".pt2") else
             " (fused descriptor)" if isinstance(predictor.model, FusedModel) else "",
-            args.skin, os.environ.get("GLIBC_TUNABLES", "glibc defaults"))
+            args.skin, settings.describe() + ("" if comm is None else " per rank"))
     if rank > 0:
-        evaluator.serve()
+        from .errors import InvalidStructureError, UnknownElementError
+
+        try:
+            evaluator.serve()
+        except (InvalidStructureError, UnknownElementError):
+            return 1  # every rank met the same structure; rank 0 logs the reason (engines.ipi.serve)
         return 0
     numbers = None
     if args.structure:
@@ -323,10 +435,12 @@ def cmd_ipi(args) -> int:
                                 cooldown=args.cooldown, dedupe_distance=args.dedupe)
     unix = args.port is None
     client = SocketClient((args.address or "mlip_md") if unix else (args.host or args.address or "localhost"), unix=unix,
-                          port=args.port, socket_prefix=args.socket_prefix, connect_timeout=args.connect_timeout)
+                          port=args.port, socket_prefix=args.socket_prefix, connect_timeout=args.connect_timeout,
+                          timeout=args.timeout)
     try:
         driver = Driver(evaluator, client, numbers=numbers, committee=args.committee, monitor=monitor,
-                        exit_file=args.exit_file, monitor_every=args.monitor_every)
+                        exit_file=args.exit_file, monitor_every=args.monitor_every,
+                        close_contact=args.close_contact, ood_warnings=args.ood_warnings, dump_path=args.dump)
         if args.hybrid is None:
             driver.description = description  # appended to the "connected to i-PI" log line
         return serve(driver)
@@ -605,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["i-pi", "ase"], default="i-pi",
                    help="i-pi: NVT with a real i-PI server (default); ase: NVE with ASE's Velocity Verlet")
     p.add_argument("--keep", type=Path, help="keep i-PI's input and output files in this directory")
+    _add_threads(p)
     p.set_defaults(func=cmd_demo)
 
     _add_train(sub)
@@ -623,6 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path)
     p.add_argument("data", type=Path)
     p.add_argument("--json", type=Path)
+    _add_drop_nonfinite(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="fit the variance scale of energies and forces on labelled data")
@@ -636,6 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "Gaussian and, for ensembles, a Student t with K - 1 dof (energies also one with fitted dof)")
     p.add_argument("--no-floor", action="store_true",
                    help="energies: alpha alone (default: alpha sigma^2 + floor N when its AIC is lower)")
+    _add_drop_nonfinite(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("domain", help="applicability-domain analyses (JSON + Markdown + PNG)")
@@ -668,6 +785,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip comparing the package with the .pt on a test cell")
     p.set_defaults(func=cmd_compile)
 
+    p = sub.add_parser("upgrade", help="re-export a model file written by an older mlip_md with this version "
+                       "(weights, statistics, calibration and metadata kept; adds the descriptor block, the "
+                       "evaluate_features method and the short-range repulsion older files lack)")
+    p.add_argument("model", type=Path, help="model file (.pt) to upgrade")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    p.add_argument("--no-repulsion", action="store_true",
+                   help="leave out (or remove) the short-range repulsion (mlip_md.model.repulsion)")
+    p.set_defaults(func=cmd_upgrade)
+
+    p = sub.add_parser("model-path", help="print the path of the shipped Cu model file, e.g. for LAMMPS: "
+                       "lmp -in in.nve -var model $(mlip-md model-path)")
+    p.set_defaults(func=cmd_model_path)
+
     p = sub.add_parser("info", help="print a model file's metadata")
     p.add_argument("model", nargs="?", default=None)
     p.set_defaults(func=cmd_info)
@@ -689,31 +819,7 @@ def cmd_compile(args) -> int:
     return 0
 
 
-#: glibc malloc settings for long MD runs: keep freed memory instead of returning it to the
-#: kernel (eager torch on the CPU otherwise loses up to 2x to page faults; BENCHMARKS.md)
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
-#: commands that run MD loops and get MALLOC_TUNABLES (read by glibc at process start only)
-LONG_RUNNING = ("ipi", "demo")
-
-
-def _reexec_with_malloc_tunables(argv: List[str]) -> None:
-    """Re-execute this command with GLIBC_TUNABLES set, once (the variable must exist before the
-    process starts). Skipped when GLIBC_TUNABLES is already set, for other commands, off Linux,
-    or with MLIP_MD_MALLOC=system."""
-    import os
-
-    if (not argv or argv[0] not in LONG_RUNNING or "GLIBC_TUNABLES" in os.environ
-            or os.environ.get("MLIP_MD_MALLOC") == "system" or not sys.platform.startswith("linux")):
-        return
-    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "mlip_md.cli", *argv], env)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    if argv is None:  # the console entry point (not a call from Python code)
-        _reexec_with_malloc_tunables(sys.argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from ase.calculators.calculator import CalculatorError

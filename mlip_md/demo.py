@@ -51,7 +51,7 @@ class DemoResult:
             (f"drift of the {conserved}", f"{self.energy_drift * 1e3:+.3f} meV/atom/ps"),
             ("fluctuation of it", f"{self.energy_fluctuation * 1e3:.3f} meV/atom"),
             ("energy sigma per atom", f"{self.sigma_min * 1e3:.2f} .. {self.sigma_max * 1e3:.2f} meV"),
-            ("max Mahalanobis T^2", f"{self.mahalanobis_max:.1f} (threshold {self.mahalanobis_threshold:.1f})"),
+            ("max Mahalanobis T^2", f"{self.mahalanobis_max:.1f} (warnings above {self.mahalanobis_threshold:.1f})"),
             ("close contacts", f"{self.close_contacts}"),
         ]
         if np.isfinite(self.model_fraction):
@@ -92,8 +92,10 @@ class _Tracker:
 
 
 def _t2_threshold(model) -> float:
-    per_element = model.metadata.get("monitors", {}).get("mahalanobis", {}).get("per_element", {})
-    return float(max((v.get("empirical", np.inf) for v in per_element.values()), default=np.inf))
+    """T^2 above which every engine warns (the largest value of the training data)."""
+    from .monitor import domain_thresholds
+
+    return domain_thresholds(model).mahalanobis
 
 
 def _drift(conserved_per_atom: np.ndarray, times_ps: np.ndarray) -> float:
@@ -102,8 +104,9 @@ def _drift(conserved_per_atom: np.ndarray, times_ps: np.ndarray) -> float:
 
 def run_ipi_demo(model=None, steps: int = 200, temperature: float = 600.0, timestep: float = 1.0,
                  supercell: int = 3, seed: int = 0, report_every: int = 20, device: str = "cpu",
-                 keep: Optional[Path] = None, echo: Callable[[str], None] = print) -> DemoResult:
-    """Start ``i-pi`` on the shipped NVT input, serve it with the model, summarise, clean up."""
+                 keep: Optional[Path] = None, echo: Callable[[str], None] = print, process: str = "") -> DemoResult:
+    """Start ``i-pi`` on the shipped NVT input, serve it with the model, summarise, clean up.
+    ``process``: the process settings (threads, malloc) to name in the first line."""
     from .engines.ipi import Driver, SocketClient, serve
     from .engines.ipi_server import IPIServer, read_properties, render, write_ipi_xyz
     from .predictor import Predictor
@@ -119,7 +122,7 @@ def run_ipi_demo(model=None, steps: int = 200, temperature: float = 600.0, times
         timestep=timestep, stride=1, traj_stride=max(1, steps // 10)))
     tracker = _Tracker(len(atoms), _t2_threshold(predictor.model), report_every, echo)
     echo(f"mlip_md demo: i-PI NVT ({temperature:g} K, Langevin) of fcc Cu with a vacancy ({len(atoms)} atoms), "
-         f"model {predictor.model.path}, work directory {workdir}")
+         f"model {predictor.model.path}, work directory {workdir}" + (f", {process}" if process else ""))
     tracker.header()
     client = SocketClient(address, unix=True, connect_timeout=60.0)
     server = IPIServer(workdir, socket_path=client.target)
@@ -152,7 +155,7 @@ def run_ipi_demo(model=None, steps: int = 200, temperature: float = 600.0, times
 
 def run_ase_demo(model=None, steps: int = 200, temperature: float = 600.0, timestep: float = 1.0,
                  supercell: int = 3, seed: int = 0, report_every: int = 20, device: str = "cpu",
-                 echo: Callable[[str], None] = print) -> DemoResult:
+                 echo: Callable[[str], None] = print, process: str = "") -> DemoResult:
     """NVE MD with ASE's Velocity Verlet (velocities drawn at 2 T so the crystal settles near T)."""
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from ase.md.verlet import VelocityVerlet
@@ -167,7 +170,8 @@ def run_ase_demo(model=None, steps: int = 200, temperature: float = 600.0, times
     dyn = VelocityVerlet(atoms, timestep=timestep * units.fs)
     n = len(atoms)
     tracker = _Tracker(n, _t2_threshold(calc.model), report_every, echo)
-    echo(f"mlip_md demo: ASE NVE MD of fcc Cu with a vacancy ({n} atoms), model {calc.model.path}")
+    echo(f"mlip_md demo: ASE NVE MD of fcc Cu with a vacancy ({n} atoms), model {calc.model.path}"
+         + (f", {process}" if process else ""))
     tracker.header()
     totals, temps = [], []
 

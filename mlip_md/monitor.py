@@ -20,6 +20,10 @@ threshold x (1 - hysteresis) (or x (1 + hysteresis) for lower-bound signals). Co
 firing, a rule stays quiet for ``cooldown`` observations. Near-duplicate suppression: a frame is
 not dumped/labelled again when the descriptor of its most extreme atom lies within
 ``dedupe_distance`` (RMS over descriptor components, standardised units) of one already written.
+
+These rules are what a user configures; the checks every engine applies by default (close
+contacts, out-of-domain warnings, rate-limited) are :mod:`mlip_md.safety`, with the thresholds
+from :func:`domain_thresholds`.
 """
 from __future__ import annotations
 
@@ -253,14 +257,53 @@ def annotated_frame(atoms: ase.Atoms, prediction, event: Optional[Event] = None)
     return frame
 
 
-def default_policy(model, actions: Sequence[str] = ("warn",), **kwargs) -> MonitorPolicy:
-    """Rules from the model's metadata: close contacts (ratio 1.0), T^2 above the largest value
-    of the training set and d_min above the largest value of held-out training environments
-    (largest over elements): "further out than anything like the training data"."""
-    monitors = model.metadata.get("monitors", {})
-    rules = [Rule("min_distance_ratio", 1.0, actions)]
+@dataclasses.dataclass(frozen=True)
+class DomainThresholds:
+    """Where a model's training data ends, from its metadata["monitors"]:
+
+    mahalanobis: largest per-atom T^2 of the training set (``training_max``, largest over
+        elements; the 99.9 % quantile ``empirical`` for files without it); inf when unknown.
+    d_min: largest d_min of held-out training environments (``holdout_max``, likewise); inf
+        when the model has no d_min.
+    pair_min_distance: {(Z_a, Z_b): closest distance of that pair in training, Å}.
+    """
+
+    mahalanobis: float = float("inf")
+    d_min: float = float("inf")
+    pair_min_distance: Dict[tuple, float] = dataclasses.field(default_factory=dict)
+
+    def pair_distance(self, za: int, zb: int) -> float:
+        """Closest training distance of the pair (Å); inf when the pair never occurred."""
+        value = self.pair_min_distance.get((int(za), int(zb)), 0.0)
+        return value if value > 0 else float("inf")
+
+
+def domain_thresholds(model) -> DomainThresholds:
+    """The thresholds of ``model`` (an ExportedModel, anything with ``.metadata``, or the
+    metadata dict itself): the one accessor every engine and report uses."""
+    metadata = model if isinstance(model, dict) else getattr(model, "metadata", {}) or {}
+    monitors = metadata.get("monitors", {})
+    limits = {}
     for signal, key in (("mahalanobis", "training_max"), ("d_min", "holdout_max")):
         per_element = monitors.get(signal, {}).get("per_element", {})
-        if per_element:
-            rules.append(Rule(signal, max(v.get(key, v["empirical"]) for v in per_element.values()), actions))
+        values = [v.get(key, v.get("empirical")) for v in per_element.values()]
+        values = [float(v) for v in values if v is not None]
+        limits[signal] = max(values) if values else float("inf")
+    pairs = {}
+    for name, distance in monitors.get("pair_min_distance", {}).items():
+        za, zb = (int(z) for z in name.split("-"))
+        pairs[(za, zb)] = float(distance)
+    return DomainThresholds(limits["mahalanobis"], limits["d_min"], pairs)
+
+
+def default_policy(model, actions: Sequence[str] = ("warn",), **kwargs) -> MonitorPolicy:
+    """Rules from the model's metadata (:func:`domain_thresholds`): close contacts (ratio 1.0),
+    T^2 above the largest value of the training set and d_min above the largest value of
+    held-out training environments (largest over elements): "further out than anything like
+    the training data"."""
+    limits = domain_thresholds(model)
+    rules = [Rule("min_distance_ratio", 1.0, actions)]
+    for signal, threshold in (("mahalanobis", limits.mahalanobis), ("d_min", limits.d_min)):
+        if np.isfinite(threshold):
+            rules.append(Rule(signal, threshold, actions))
     return MonitorPolicy(rules, **kwargs)

@@ -1,7 +1,8 @@
 """Shared fixtures: small labelled EMT data sets and quickly trained tiny models."""
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +15,9 @@ from mlip_md.model.potential import MLIPotential, ModelConfig
 from mlip_md.train.data import to_graph
 from mlip_md.train.fit import fit_domain_statistics, fit_normalisation
 
-# Subprocesses of the tests (`python -m mlip_md.cli ...`, run from the repository root) must import
-# the installed package, which has the compiled core, not the source tree in the current directory.
-os.environ["PYTHONSAFEPATH"] = "1"
+#: The `mlip-md` console script of this environment: tests run the command as users do, from the
+#: repository root, with no PYTHONSAFEPATH or in-place build to help them.
+MLIP_MD = str(Path(sys.prefix) / "bin" / "mlip-md")
 
 TINY = dict(cutoff=4.5, switch_width=1.0, n_max=4, l_max=2, hidden=(16, 16))
 
@@ -85,8 +86,8 @@ def trained_model_path(tmp_path_factory, emt_frames):
 
 def two_element_model() -> MLIPotential:
     """Untrained (Ni, Cu) model with every monitor buffer filled (T^2, d_min with unequal
-    reference counts, contacts, variance floor) and a 0-d energy scale that is not a float32
-    number: exercises every output of the compiled graphs."""
+    reference counts, contacts, variance floor), a short-range repulsion with per-pair radii and
+    a 0-d energy scale that is not a float32 number: exercises every output of the compiled graphs."""
     cfg = ModelConfig(atomic_numbers=[28, 29], cutoff=4.0, switch_width=1.0, n_max=3, l_max=2, hidden=(8,),
                       ensemble_size=3)
     model = MLIPotential(cfg).double().eval()
@@ -102,6 +103,8 @@ def two_element_model() -> MLIPotential:
         model.pair_min_distance.fill_(2.0)
         model.reference_features = torch.randn(2, 5, d, generator=gen, dtype=torch.float64)
         model.reference_count.copy_(torch.tensor([5, 3]))
+        model.repulsion_inner.copy_(torch.tensor([[1.0, 0.95], [0.95, 0.9]], dtype=torch.float64))
+        model.repulsion_outer.copy_(torch.tensor([[2.0, 1.9], [1.9, 1.8]], dtype=torch.float64))
     return model
 
 

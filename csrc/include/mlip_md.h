@@ -25,6 +25,8 @@
  *   5. Power-spectrum descriptor (fused forward and backward of the built-in model)
  *   6. Force and virial assembly from edge gradients
  *   7. Ensemble MLP readout (per-atom energies and their feature gradient)
+ *   8. Short-range repulsion (ZBL screened nuclear repulsion, switched off before the
+ *      distances a model was trained on)
  */
 #ifndef MLIP_MD_H
 #define MLIP_MD_H
@@ -677,6 +679,95 @@ MLIP_API int mlip_power_spectrum_energy_forces_f32(const mlip_power_spectrum_par
                                                    const float *edge_vectors, float *atomic_energy,
                                                    float *member_energy, double *forces, double *virial,
                                                    char *errbuf, size_t errbuf_len);
+
+/* ========================================================================= */
+/* 8. Short-range repulsion                                                  */
+/* ========================================================================= */
+/*
+ * The pair repulsion stored in a model file (metadata block "repulsion", kind "zbl", version
+ * 1; mlip_md.model.repulsion): the universal screened nuclear repulsion of Ziegler, Biersack
+ * and Littmark (ZBL), multiplied by a switch that is 1 below r_in and exactly 0 from r_out on.
+ * r_out is the closest distance seen in training for the element pair, so the term is zero on
+ * the training data and in domain, and gives close contacts the repulsive wall an ML model
+ * that never saw them lacks. For one pair of atomic numbers Z_a, Z_b at distance r (Angstrom):
+ *
+ *   V(r)   = s(r) E_ZBL(r)                                          eV
+ *   E_ZBL  = k_e Z_a Z_b / r phi(r / a),   k_e = 14.399645 eV Angstrom (e^2 / 4 pi eps_0, the
+ *            constant of LAMMPS units metal)
+ *   a      = 0.46850 / (Z_a^0.23 + Z_b^0.23) Angstrom (0.8854 a_0, the universal screening length)
+ *   phi(x) = 0.18175 e^(-3.19980 x) + 0.50986 e^(-0.94229 x)
+ *          + 0.28022 e^(-0.40290 x) + 0.02817 e^(-0.20162 x)
+ *   s(r)   = 1 (r <= r_in), 0 (r >= r_out), else 1 - (10 x^3 - 15 x^4 + 6 x^5),
+ *            x = (r - r_in) / (r_out - r_in): C^2 (MLIP_SWITCH_SMOOTHERSTEP of section 4)
+ *
+ * (the constants of LAMMPS' pair_style zbl). Over the contract's directed edges (each pair
+ * listed as i -> j and j -> i, i a centre), edge e = (i, j) gives V(|r_ij|) / 2 to centre i,
+ * so every pair's energy is split half and half between its atoms, and has the edge gradient
+ * g_e = d(V / 2) / d r_ij = V'(r) / 2 r_ij / r, which hosts assemble like the model's own
+ * (section 6: F_i += g, F_j -= g, W -= r (x) g).
+ *
+ * A repulsion is created once from per species-pair radii and evaluated any number of times;
+ * it holds no mutable state (thread-safe).
+ */
+typedef struct mlip_repulsion mlip_repulsion;   /* opaque */
+
+typedef struct mlip_repulsion_spec {
+    int32_t n_species;              /* S >= 1                                                */
+    const int32_t *atomic_numbers;  /* [S] nuclear charges Z, 1..118                          */
+    const double *r_inner;          /* [S][S] r_in, Angstrom, symmetric                       */
+    const double *r_outer;          /* [S][S] r_out, Angstrom, symmetric: 0 = no repulsion for
+                                       the pair, else finite and > r_in >= 0                  */
+} mlip_repulsion_spec;
+
+/* Copy `spec` into a new repulsion; release it with mlip_repulsion_free. Returns MLIP_OK,
+ * MLIP_ERR_INVALID_ARGUMENT (sizes, atomic numbers, radii not as above or not symmetric) or
+ * MLIP_ERR_OUT_OF_MEMORY. */
+MLIP_API int mlip_repulsion_create(const mlip_repulsion_spec *spec, mlip_repulsion **out, char *errbuf,
+                                   size_t errbuf_len);
+MLIP_API void mlip_repulsion_free(mlip_repulsion *repulsion);   /* NULL: no-op */
+/* The largest r_out over all pairs (Angstrom): edges at least this long are skipped after one
+ * squared-length test. 0 when no pair has a repulsion; -1 for NULL. */
+MLIP_API double mlip_repulsion_max_radius(const mlip_repulsion *repulsion);
+
+/* Evaluate over the contract's edges (same layout as section 5):
+ *
+ *   n_local, n_all   centres are atoms 0..n_local-1 of n_all
+ *   species_index    [n_all] 0..S-1
+ *   edge_index       [2][E] row 0: centre i < n_local, row 1: neighbour j < n_all
+ *   edge_vectors     [E][3] r_j - r_i, Angstrom
+ *   atomic_energy    output [n_local], eV, OVERWRITTEN: each centre's half of its pairs' V
+ *   edge_grad        [E][3] float64, eV/Angstrom, g_e ACCUMULATED into, or NULL
+ *   forces           [n_all][3] float64, eV/Angstrom, accumulated into (F_i += g, F_j -= g), or NULL
+ *   virial           [3][3] float64, eV, accumulated into (W_ab -= r_a g_b), or NULL
+ *   n_active         output (may be NULL): the number of edges with |r_ij| < r_out of their pair
+ *
+ * Edges at least mlip_repulsion_max_radius() long are skipped: the vectors are tested in chunks
+ * of 64 with one vectorised squared-length test each (in domain every chunk is skipped so: one
+ * streaming pass over the vectors, under 1 % of a fused step of the shipped model), and the
+ * indices of skipped edges are not read (the descriptor kernel checks those); the others' are
+ * checked. *n_active == 0 means nothing was added (atomic_energy is all zero). The f32 entry point reads float vectors and computes in double. Returns MLIP_OK or
+ * MLIP_ERR_INVALID_ARGUMENT (NULL arrays, a NaN vector, an index out of range or a zero-length
+ * vector inside r_out). No allocation, thread-safe. */
+MLIP_API int mlip_repulsion_evaluate_f64(const mlip_repulsion *repulsion, int64_t n_local, int64_t n_all,
+                                         const int64_t *species_index, int64_t n_edges, const int64_t *edge_index,
+                                         const double *edge_vectors, double *atomic_energy, double *edge_grad,
+                                         double *forces, double *virial, int64_t *n_active, char *errbuf,
+                                         size_t errbuf_len);
+MLIP_API int mlip_repulsion_evaluate_f32(const mlip_repulsion *repulsion, int64_t n_local, int64_t n_all,
+                                         const int64_t *species_index, int64_t n_edges, const int64_t *edge_index,
+                                         const float *edge_vectors, double *atomic_energy, double *edge_grad,
+                                         double *forces, double *virial, int64_t *n_active, char *errbuf,
+                                         size_t errbuf_len);
+
+/* One pair at n distances (reference values, tests, plots): energy [n] = V(r) (eV) and
+ * denergy_dr [n] = dV/dr (eV/Angstrom; may be NULL) for atomic numbers z_a, z_b and radii
+ * 0 <= r_inner < r_outer (finite); mlip_zbl_evaluate gives the bare E_ZBL (no switch). r [n]
+ * finite and > 0. Returns MLIP_OK or MLIP_ERR_INVALID_ARGUMENT. No allocation, thread-safe. */
+MLIP_API int mlip_repulsion_pair_evaluate(int32_t z_a, int32_t z_b, double r_inner, double r_outer, const double *r,
+                                          int64_t n, double *energy, double *denergy_dr, char *errbuf,
+                                          size_t errbuf_len);
+MLIP_API int mlip_zbl_evaluate(int32_t z_a, int32_t z_b, const double *r, int64_t n, double *energy,
+                               double *denergy_dr, char *errbuf, size_t errbuf_len);
 
 #ifdef __cplusplus
 } /* extern "C" */

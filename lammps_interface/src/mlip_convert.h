@@ -18,11 +18,27 @@ struct NeighView {
   int *const *firstneigh;
 };
 
+// The close-contact check's table: 1 / r_min^2 per pair of atom types, r_min the closest
+// distance of that element pair in training; inf for pairs never seen in training and for
+// types mapped to NULL. Row-major [stride][stride], stride = ntypes + 1. `uniform`: every
+// mapped pair has the same r_min (one element), so the edge loop needs no per-pair lookup.
+struct ContactTable {
+  int stride = 0;
+  std::vector<double> inv_sq;
+  bool uniform = true;
+  double uniform_inv_sq = 0.0;
+  bool empty() const { return inv_sq.empty(); }
+  double at(int ti, int tj) const { return inv_sq[static_cast<size_t>(ti) * stride + tj]; }
+};
+
 // Fill `batch` for all owned + ghost atoms: species[k] = type_to_z[type[k]] (types mapped to
 // NULL, z = 0, get `unused_z` and no edges), one edge i -> j per neighbour j of owned atom i
-// closer than sqrt(cutsq), vectors r_j - r_i.
-void build_batch(double *const *x, const int *type, int nlocal, int nall, const NeighView &list,
-                 const std::vector<int> &type_to_z, int unused_z, double cutsq, EdgeBatch &batch);
+// closer than sqrt(cutsq), vectors r_j - r_i. Returns the smallest (r / r_min)^2 over the edges
+// (the closest approach relative to training, found in the same loop; inf when `contacts` is
+// empty or there are no edges).
+double build_batch(double *const *x, const int *type, int nlocal, int nall, const NeighView &list,
+                   const std::vector<int> &type_to_z, int unused_z, double cutsq, const ContactTable &contacts,
+                   EdgeBatch &batch);
 
 struct Tally {
   double energy = 0.0;      // sum of per-atom energies of owned atoms (eV)

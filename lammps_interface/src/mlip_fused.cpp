@@ -121,7 +121,7 @@ void *FusedDescriptor::feature_grad(int n_rows)
   return single_ ? static_cast<void *>(sized(f_grad_, n)) : sized(d_grad_, n);
 }
 
-const double *FusedDescriptor::backward(const EdgeBatch &batch, int n_rows)
+double *FusedDescriptor::backward(const EdgeBatch &batch, int n_rows)
 {
   if (n_local_ != batch.n_local || n_edges_ != static_cast<int64_t>(batch.n_edges()))
     throw std::runtime_error("fused descriptor kernel: backward on another batch than the forward pass");
@@ -144,7 +144,7 @@ const double *FusedDescriptor::backward(const EdgeBatch &batch, int n_rows)
   return out;
 }
 
-const double *FusedDescriptor::backward_forces(const EdgeBatch &batch, bool with_virial, const double *&virial)
+double *FusedDescriptor::backward_forces(const EdgeBatch &batch, bool with_virial, double *&virial)
 {
   if (n_local_ != batch.n_local || n_edges_ != static_cast<int64_t>(batch.n_edges()))
     throw std::runtime_error("fused descriptor kernel: backward on another batch than the forward pass");
@@ -168,8 +168,8 @@ const double *FusedDescriptor::backward_forces(const EdgeBatch &batch, bool with
   return forces;
 }
 
-const double *FusedDescriptor::energy_forces(const EdgeBatch &batch, FusedReadout &readout, bool with_virial,
-                                             const double *&virial)
+double *FusedDescriptor::energy_forces(const EdgeBatch &batch, FusedReadout &readout, bool with_virial,
+                                       double *&virial)
 {
   prepare(batch);
   readout.size_outputs(n_local_);
@@ -234,6 +234,89 @@ void FusedReadout::evaluate(FusedDescriptor &descriptor)
                                         static_cast<const double *>(descriptor.features()), d_energy_.data(),
                                         d_members_.data(), static_cast<double *>(grad), errbuf, sizeof(errbuf)),
           errbuf, "readout");
+}
+
+std::string repulsion_params(const JsonValue &meta, const std::vector<int> &atomic_numbers,
+                             std::vector<double> &inner, std::vector<double> &outer)
+{
+  inner.clear();
+  outer.clear();
+  const JsonValue *block = meta.get("repulsion");
+  if (!block) return "";    // written before the repulsion existed: none
+  const JsonValue *kind = block->get("kind");
+  if (block->type != JsonValue::Object || !kind || !kind->is_string())
+    return "its repulsion block has no kind";
+  if (kind->text == "none") return "";
+  const JsonValue *version = block->get("version");
+  const JsonValue *sw = block->get("switch");
+  if (kind->text != "zbl" || !version || !version->is_number() || version->number != 1.0 || !sw ||
+      !sw->is_string() || sw->text != "smootherstep")
+    return "its repulsion is '" + kind->text + "' (version " +
+           (version && version->is_number() ? std::to_string(static_cast<int>(version->number)) : "?") +
+           "); this plugin's C core implements 'zbl' version 1 with the smootherstep switch";
+  const size_t s = atomic_numbers.size();
+  const JsonValue *numbers = block->get("atomic_numbers");
+  if (!numbers || numbers->type != JsonValue::Array || numbers->items.size() != s)
+    return "its repulsion block does not list the model's atomic numbers";
+  for (size_t a = 0; a < s; ++a)
+    if (!numbers->items[a].is_number() || static_cast<int>(numbers->items[a].number) != atomic_numbers[a])
+      return "its repulsion block lists other atomic numbers than the model";
+  for (const char *key : {"r_inner", "r_outer"}) {
+    const JsonValue *rows = block->get(key);
+    std::vector<double> &radii = std::string(key) == "r_inner" ? inner : outer;
+    if (!rows || rows->type != JsonValue::Array || rows->items.size() != s)
+      return std::string("its repulsion block lacks ") + key + " [" + std::to_string(s) + "][" + std::to_string(s) + "]";
+    for (const JsonValue &row : rows->items) {
+      if (row.type != JsonValue::Array || row.items.size() != s)
+        return std::string("its repulsion block's ") + key + " is not [" + std::to_string(s) + "][" +
+               std::to_string(s) + "]";
+      for (const JsonValue &v : row.items) {
+        if (!v.is_number()) return std::string("its repulsion block's ") + key + " holds a non-number";
+        radii.push_back(v.number);
+      }
+    }
+  }
+  return "";
+}
+
+FusedRepulsion::FusedRepulsion(const std::vector<int> &atomic_numbers, const std::vector<double> &inner,
+                               const std::vector<double> &outer)
+{
+  std::vector<int32_t> z(atomic_numbers.begin(), atomic_numbers.end());
+  mlip_repulsion_spec spec{};
+  spec.n_species = static_cast<int32_t>(z.size());
+  spec.atomic_numbers = z.data();
+  spec.r_inner = inner.data();
+  spec.r_outer = outer.data();
+  char errbuf[512] = {0};
+  if (inner.size() != z.size() * z.size() || outer.size() != inner.size())
+    throw std::runtime_error("repulsion: radii are not [S][S]");
+  if (mlip_repulsion_create(&spec, &repulsion_, errbuf, sizeof(errbuf)) != MLIP_OK)
+    throw std::runtime_error(std::string("repulsion: ") + errbuf);
+}
+
+FusedRepulsion::~FusedRepulsion() { mlip_repulsion_free(repulsion_); }
+
+const double *FusedRepulsion::evaluate(const FusedDescriptor &descriptor, const EdgeBatch &batch, double *edge_grad,
+                                       double *forces, double *virial)
+{
+  const int64_t n_local = descriptor.n_local();
+  double *energy = sized(energy_, n_local);
+  int64_t active = 0;
+  char errbuf[512] = {0};
+  if (descriptor.single())
+    check(mlip_repulsion_evaluate_f32(repulsion_, n_local, descriptor.n_all(), descriptor.species_index(),
+                                      descriptor.n_edges(), descriptor.edge_index(),
+                                      static_cast<const float *>(descriptor.vectors(batch)), energy, edge_grad, forces,
+                                      virial, &active, errbuf, sizeof(errbuf)),
+          errbuf, "repulsion");
+  else
+    check(mlip_repulsion_evaluate_f64(repulsion_, n_local, descriptor.n_all(), descriptor.species_index(),
+                                      descriptor.n_edges(), descriptor.edge_index(),
+                                      static_cast<const double *>(descriptor.vectors(batch)), energy, edge_grad,
+                                      forces, virial, &active, errbuf, sizeof(errbuf)),
+          errbuf, "repulsion");
+  return active ? energy : nullptr;
 }
 
 }    // namespace MLIP

@@ -10,6 +10,9 @@
 //
 // FusedReadout is the model's readout in C++ (csrc/src/mlp_readout.cpp, mlip_md.h section 7),
 // used between forward and backward on steps that need neither monitors nor force sigma.
+// FusedRepulsion is the model's short-range repulsion (csrc/src/repulsion.cpp, section 8), which
+// the model's evaluate_features leaves to the host: added to the energies and edge gradients (or
+// forces and virial) of every fused step.
 #ifndef MLIP_FUSED_H
 #define MLIP_FUSED_H
 
@@ -45,26 +48,29 @@ class FusedDescriptor {
   // precision (the batch's own float64 vectors, or their float32 copy); valid until the next forward.
   void *features() { return single_ ? static_cast<void *>(f_features_.data()) : d_features_.data(); }
   int64_t *edge_index() { return edge_index_.data(); }
+  const int64_t *edge_index() const { return edge_index_.data(); }
   // After forward(): species index [n_all] (0..S-1) and the number of centres.
   const int64_t *species_index() const { return species_index_.data(); }
   int64_t n_local() const { return n_local_; }
+  int64_t n_all() const { return n_all_; }
+  int64_t n_edges() const { return n_edges_; }
   const void *vectors(const EdgeBatch &batch) const;
 
   // Buffer [n_rows][n_local][D] (run precision) for the rows of dF/d features: fill it, then
   // call backward() with the same n_rows.
   void *feature_grad(int n_rows);
-  // Backward pass: float64 edge gradients [n_rows][E][3], valid until the next call.
-  const double *backward(const EdgeBatch &batch, int n_rows);
+  // Backward pass: float64 edge gradients [n_rows][E][3], valid until the next call (the
+  // caller may add to them: FusedRepulsion).
+  double *backward(const EdgeBatch &batch, int n_rows);
   // Backward pass of row 0 straight to forces [n_all][3] and (with_virial) virial [3][3]
   // (float64, eV/Angstrom and eV, section 6's convention; the virial is zero without
   // with_virial) without edge gradients; valid until the next call.
-  const double *backward_forces(const EdgeBatch &batch, bool with_virial, const double *&virial);
+  double *backward_forces(const EdgeBatch &batch, bool with_virial, double *&virial);
   // Instead of forward() + readout.evaluate() + backward_forces(): one pass over blocks of
   // centres that computes each centre's basis once (mlip_power_spectrum_energy_forces_*). Fills
   // readout.atomic_energy() and readout.member_energy(); returns forces as backward_forces()
   // does. features() and backward() are not valid after it.
-  const double *energy_forces(const EdgeBatch &batch, FusedReadout &readout, bool with_virial,
-                              const double *&virial);
+  double *energy_forces(const EdgeBatch &batch, FusedReadout &readout, bool with_virial, double *&virial);
 
  private:
   mlip_power_spectrum_params params_;
@@ -105,6 +111,34 @@ class FusedReadout {
   bool single_ = false;
   std::vector<double> d_energy_, d_members_;
   std::vector<float> f_energy_, f_members_;
+};
+
+// The metadata's short-range repulsion block ("repulsion": kind zbl, version 1, switch
+// smootherstep, r_inner / r_outer [S][S] in the order of `atomic_numbers`): "" when the C core
+// can evaluate it (then `inner` and `outer` hold the S*S radii in Angstrom; both empty when the
+// model has no repulsion: no block, or kind "none"), else why not.
+std::string repulsion_params(const JsonValue &meta, const std::vector<int> &atomic_numbers,
+                             std::vector<double> &inner, std::vector<double> &outer);
+
+class FusedRepulsion {
+ public:
+  // atomic_numbers [S] and the radii of repulsion_params(); throws std::runtime_error.
+  FusedRepulsion(const std::vector<int> &atomic_numbers, const std::vector<double> &inner,
+                 const std::vector<double> &outer);
+  ~FusedRepulsion();
+  FusedRepulsion(const FusedRepulsion &) = delete;
+  FusedRepulsion &operator=(const FusedRepulsion &) = delete;
+
+  // After descriptor.forward() or energy_forces() on `batch`: per-centre repulsion energies
+  // [n_local] (eV, float64, valid until the next call), or null when no edge is inside its
+  // pair's r_outer (in domain: nothing to add); its gradient is added to edge_grad [E][3],
+  // forces [n_all][3] and virial [9] (float64, each may be null).
+  const double *evaluate(const FusedDescriptor &descriptor, const EdgeBatch &batch, double *edge_grad,
+                         double *forces, double *virial);
+
+ private:
+  mlip_repulsion *repulsion_ = nullptr;
+  std::vector<double> energy_;
 };
 
 }    // namespace MLIP

@@ -104,6 +104,8 @@ struct Model::Impl {
   std::unique_ptr<FusedDescriptor> fused;
   // its C readout (ensemble-MLP models), used on steps without monitors and force sigma, or null
   std::unique_ptr<FusedReadout> readout;
+  // the model's short-range repulsion, which evaluate_features leaves to the host, or null
+  std::unique_ptr<FusedRepulsion> repulsion;
   double kernel_seconds = 0.0;    // of the last evaluate()
 };
 
@@ -118,6 +120,37 @@ Model::~Model() = default;
 bool Model::loaded() const
 {
   return impl_ != nullptr;
+}
+
+// metadata["monitors"] -> info.pair_min_distance ("29-29": Angstrom), info.mahalanobis_max
+// (largest training_max over elements, else empirical) and info.d_min_max (holdout_max, else
+// empirical), as mlip_md.monitor.domain_thresholds reads them. Missing entries stay unknown.
+static void parse_domain_limits(const JsonValue &meta, ModelInfo &info)
+{
+  const JsonValue *monitors = meta.get("monitors");
+  if (!monitors) return;
+  if (const JsonValue *pairs = monitors->get("pair_min_distance"))
+    for (size_t k = 0; k < pairs->keys.size(); ++k) {
+      const std::string &name = pairs->keys[k];
+      const size_t dash = name.find('-');
+      if (dash == std::string::npos || !pairs->items[k].is_number()) continue;
+      info.pair_min_distance.push_back(
+          {std::atoi(name.substr(0, dash).c_str()), std::atoi(name.substr(dash + 1).c_str()), pairs->items[k].number});
+    }
+  auto largest = [monitors](const char *signal, const char *key) {
+    double value = 0.0;
+    const JsonValue *block = monitors->get(signal);
+    const JsonValue *per_element = block ? block->get("per_element") : nullptr;
+    if (per_element)
+      for (const JsonValue &element : per_element->items) {
+        const JsonValue *v = element.get(key);
+        if (!v || !v->is_number()) v = element.get("empirical");
+        if (v && v->is_number() && v->number > value) value = v->number;
+      }
+    return value;
+  };
+  info.mahalanobis_max = largest("mahalanobis", "training_max");
+  info.d_min_max = largest("d_min", "holdout_max");
 }
 
 static ModelInfo parse_metadata(const std::string &path, const std::string &text)
@@ -175,6 +208,7 @@ static ModelInfo parse_metadata(const std::string &path, const std::string &text
       throw std::runtime_error("model file " + path +
                                ": model units are not angstrom/eV; pair_style mlip needs units metal");
   }
+  parse_domain_limits(meta, info);
   return info;
 }
 
@@ -260,6 +294,35 @@ static std::unique_ptr<FusedReadout> make_fused_readout(torch::jit::Module &modu
   return std::make_unique<FusedReadout>(spec, single);
 }
 
+// The fused path takes the repulsion radii from the metadata, the TorchScript evaluate from the
+// module's buffers repulsion_inner / repulsion_outer: refuse a file where they disagree (its
+// engines would disagree). Read before freezing.
+static void check_repulsion_buffers(torch::jit::Module &module, const std::vector<double> &inner,
+                                    const std::vector<double> &outer, const std::string &path)
+{
+  torch::Tensor buffers[2];
+  for (const auto &b : module.named_buffers(false)) {
+    if (b.name == "repulsion_inner") buffers[0] = b.value.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+    if (b.name == "repulsion_outer") buffers[1] = b.value.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  }
+  const bool module_has = buffers[1].defined() && buffers[1].numel() > 0 && buffers[1].max().item<double>() > 0.0;
+  const std::string fix = "; re-export the model (python -c \"from mlip_md.model.io import reexport; "
+                          "reexport('old.pt', 'new.pt')\")";
+  if (module_has != !outer.empty())
+    throw std::runtime_error("model file " + path + ": its TorchScript module " + (module_has ? "has" : "lacks") +
+                             " a short-range repulsion but its metadata says otherwise" + fix);
+  if (!module_has) return;
+  const std::vector<double> *meta[2] = {&inner, &outer};
+  for (int k = 0; k < 2; ++k) {
+    if (!buffers[k].defined() || buffers[k].numel() != static_cast<int64_t>(meta[k]->size()))
+      throw std::runtime_error("model file " + path + ": the repulsion radii of module and metadata differ" + fix);
+    const double *stored = buffers[k].data_ptr<double>();
+    for (size_t i = 0; i < meta[k]->size(); ++i)
+      if (std::abs(stored[i] - (*meta[k])[i]) > 1e-6 * std::abs((*meta[k])[i]))
+        throw std::runtime_error("model file " + path + ": the repulsion radii of module and metadata differ" + fix);
+  }
+}
+
 void Model::load(const std::string &path, const std::string &device, const ModelOptions &options)
 {
   impl_.reset();
@@ -311,9 +374,14 @@ void Model::load(const std::string &path, const std::string &device, const Model
     throw std::runtime_error("model file " + path + " is a TorchScript file but not an mlip_md model (no " +
                              kMetadataName + " metadata); export models with mlip_md.model.save_model");
   info_ = parse_metadata(path, text);
-  if (!impl->module.find_method("evaluate"))
-    throw std::runtime_error("model file " + path +
-                             " has no exported 'evaluate' method; re-export it with this mlip_md version");
+  // the contract's methods, as mlip_md.model.io checks them: a foreign TorchScript module carrying
+  // copied metadata is refused here, not on its first step
+  const bool has_descriptor = parse_json(text).get("descriptor") != nullptr;
+  for (const char *method : {"evaluate", "evaluate_features"})
+    if ((has_descriptor || std::strcmp(method, "evaluate") == 0) && !impl->module.find_method(method))
+      throw std::runtime_error("model file " + path + " carries mlip_md metadata but its TorchScript module has no " +
+                               method + " method (not a model exported by mlip_md, or a damaged one); re-export "
+                               "the model with mlip-md upgrade or mlip-md train");
   impl->module.eval();
   impl->dtype = run_dtype(info_.dtype, options.dtype);
   if (info_.dtype != (impl->dtype == torch::kFloat32 ? "float32" : "float64"))
@@ -327,18 +395,24 @@ void Model::load(const std::string &path, const std::string &device, const Model
                                                       static_cast<int64_t>(n_features->number) : 0, params);
   if (why.empty() && !impl->module.find_method("evaluate_features"))
     why = "its TorchScript module has no evaluate_features method";
+  std::vector<double> repulsion_inner, repulsion_outer;    // empty: no repulsion
+  if (why.empty()) why = repulsion_params(meta, info_.atomic_numbers, repulsion_inner, repulsion_outer);
   if (why.empty() && !impl->device.is_cpu()) why = "the kernel runs on the CPU, the model on " + device;
   if (options.fused == ModelOptions::Fused::Yes && !why.empty())
     throw std::runtime_error(
         "fused yes: model " + path + " cannot use the fused descriptor kernel: " + why +
-        (impl->device.is_cpu() ? std::string("; re-export it with this mlip_md (python -c \"from "
-                                             "mlip_md.model.io import reexport; reexport('old.pt', 'new.pt')\") "
+        (impl->device.is_cpu() ? std::string("; re-export it with this mlip_md (mlip-md upgrade old.pt -o new.pt) "
                                              "or use fused no")
                                : std::string("; use fused no with device ") + device));
   if (options.fused != ModelOptions::Fused::No && why.empty())
     impl->fused = std::make_unique<FusedDescriptor>(params, info_.atomic_numbers, impl->dtype == torch::kFloat32);
   if (impl->fused && options.native_readout)
     impl->readout = make_fused_readout(impl->module, meta, impl->dtype == torch::kFloat32);
+  if (impl->fused) {
+    check_repulsion_buffers(impl->module, repulsion_inner, repulsion_outer, path);
+    if (!repulsion_outer.empty())
+      impl->repulsion = std::make_unique<FusedRepulsion>(info_.atomic_numbers, repulsion_inner, repulsion_outer);
+  }
   freeze_for_inference(impl->module);
   impl_ = std::move(impl);
 }
@@ -408,12 +482,13 @@ std::string Model::dtype() const
 }
 
 // The fused path: kernel forward -> the model's evaluate_features -> kernel backward, one call
-// for the mean row and (force sigma) the K member rows. The edge gradients go into `results` as
-// float64 views of the kernel's buffers: edge_grad [E, 3], member_edge_grad [K, E, 3].
+// for the mean row and (force sigma) the K member rows, then the short-range repulsion (when the
+// model has one) added to the energies and every gradient row. The edge gradients go into
+// `results` as float64 views of the kernel's buffers: edge_grad [E, 3], member_edge_grad [K, E, 3].
 static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, FusedReadout *readout,
-                           torch::Dtype dtype, const EdgeBatch &batch, bool monitors, bool force_sigma,
-                           bool per_edge, bool virial, std::unordered_map<std::string, torch::Tensor> &results,
-                           double &kernel_seconds)
+                           FusedRepulsion *repulsion, torch::Dtype dtype, const EdgeBatch &batch, bool monitors,
+                           bool force_sigma, bool per_edge, bool virial,
+                           std::unordered_map<std::string, torch::Tensor> &results, double &kernel_seconds)
 {
   using clock = std::chrono::steady_clock;
   auto start = clock::now();
@@ -423,6 +498,20 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, F
   const auto longs = torch::TensorOptions().dtype(torch::kLong);
   const auto reals = torch::TensorOptions().dtype(dtype);
   const auto doubles = torch::TensorOptions().dtype(torch::kFloat64);
+  // per-centre repulsion energies [n_local] (float64; null: none) joined to atomic_energy,
+  // energy and every member of `results` (in place when `in_place`: the C readout's own buffers)
+  auto add_pair_energies = [&](const double *pair, bool in_place) {
+    if (!pair) return;
+    torch::Tensor e = torch::from_blob(const_cast<double *>(pair), {n_local}, doubles).to(dtype);
+    if (in_place) {
+      results["atomic_energy"].add_(e);
+      results["energy_members"].add_(e.unsqueeze(0));
+    } else {
+      results["atomic_energy"] = results["atomic_energy"] + e;
+      results["energy_members"] = results["energy_members"] + e.unsqueeze(0);
+    }
+    results["energy"] = results["atomic_energy"].sum();
+  };
   auto energies = [&] {
     torch::Tensor atomic = torch::from_blob(readout->atomic_energy(), {n_local}, reals);
     results["atomic_energy"] = atomic;
@@ -432,12 +521,13 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, F
   if (readout && !monitors && !force_sigma && !per_edge) {
     // one pass (kernel time includes the C readout): forces and virial accumulated in the
     // kernel's edge loop; own keys, as compiled packages return "forces" / "virial" of their own
-    const double *w = nullptr;
-    const double *forces = fused.energy_forces(batch, *readout, virial, w);
-    kernel_seconds = std::chrono::duration<double>(clock::now() - start).count();
+    double *w = nullptr;
+    double *forces = fused.energy_forces(batch, *readout, virial, w);
     energies();
-    results["kernel_forces"] = torch::from_blob(const_cast<double *>(forces), {n_all, 3}, doubles);
-    results["kernel_virial"] = torch::from_blob(const_cast<double *>(w), {3, 3}, doubles);
+    if (repulsion) add_pair_energies(repulsion->evaluate(fused, batch, nullptr, forces, virial ? w : nullptr), true);
+    kernel_seconds = std::chrono::duration<double>(clock::now() - start).count();
+    results["kernel_forces"] = torch::from_blob(forces, {n_all, 3}, doubles);
+    results["kernel_virial"] = torch::from_blob(w, {3, 3}, doubles);
     return;
   }
   fused.forward(batch);
@@ -446,8 +536,9 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, F
     readout->evaluate(fused);
     start = clock::now();
     energies();
-    const double *edge_grad = fused.backward(batch, 1);
-    results["edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad), {n_edges, 3}, doubles);
+    double *edge_grad = fused.backward(batch, 1);
+    if (repulsion) add_pair_energies(repulsion->evaluate(fused, batch, edge_grad, nullptr, nullptr), true);
+    results["edge_grad"] = torch::from_blob(edge_grad, {n_edges, 3}, doubles);
     kernel_seconds += std::chrono::duration<double>(clock::now() - start).count();
     return;
   }
@@ -466,7 +557,9 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, F
   for (const auto &item : dict) results[item.key().toStringRef()] = item.value().toTensor();
 
   auto it = results.find("feature_grad");
-  if (it == results.end()) throw std::runtime_error("model output lacks 'feature_grad'");
+  if (it == results.end())
+    throw std::runtime_error("the model's evaluate_features returned no 'feature_grad' (not a model exported by "
+                             "mlip_md, or a damaged one); re-export it with mlip-md upgrade");
   const torch::Tensor grad = it->second.detach();
   if (grad.dim() != 2 || grad.size(0) != n_local || grad.size(1) != d)
     throw std::runtime_error("model output 'feature_grad' has shape " + c10::str(grad.sizes()) + ", expected [" +
@@ -483,11 +576,18 @@ static void evaluate_fused(torch::jit::Module &module, FusedDescriptor &fused, F
   rows[0].copy_(grad);
   if (k) rows.slice(0, 1).copy_(members);
   start = clock::now();
-  const double *edge_grad = fused.backward(batch, static_cast<int>(1 + k));
+  double *edge_grad = fused.backward(batch, static_cast<int>(1 + k));
+  if (repulsion) {    // the same pair term on the mean row and every member row
+    const double *pair = nullptr;
+    for (int64_t row = 0; row <= k; ++row) {
+      pair = repulsion->evaluate(fused, batch, edge_grad + 3 * n_edges * row, nullptr, nullptr);
+      if (!pair) break;    // no edge inside r_outer: nothing was added, nor would be to the other rows
+    }
+    add_pair_energies(pair, false);
+  }
   kernel_seconds += std::chrono::duration<double>(clock::now() - start).count();
-  results["edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad), {n_edges, 3}, doubles);
-  if (k) results["member_edge_grad"] = torch::from_blob(const_cast<double *>(edge_grad) + 3 * n_edges,
-                                                        {k, n_edges, 3}, doubles);
+  results["edge_grad"] = torch::from_blob(edge_grad, {n_edges, 3}, doubles);
+  if (k) results["member_edge_grad"] = torch::from_blob(edge_grad + 3 * n_edges, {k, n_edges, 3}, doubles);
 }
 
 ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_sigma, bool per_edge, bool virial)
@@ -502,8 +602,8 @@ ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_si
   const int64_t n_edges = static_cast<int64_t>(batch.n_edges());
   std::unordered_map<std::string, torch::Tensor> results;
   if (m.fused) {
-    evaluate_fused(m.module, *m.fused, m.readout.get(), m.dtype, batch, monitors, force_sigma, per_edge, virial,
-                   results, m.kernel_seconds);
+    evaluate_fused(m.module, *m.fused, m.readout.get(), m.repulsion.get(), m.dtype, batch, monitors, force_sigma,
+                   per_edge, virial, results, m.kernel_seconds);
   } else {
     auto as_long = torch::TensorOptions().dtype(torch::kLong);
     auto as_double = torch::TensorOptions().dtype(torch::kFloat64);
@@ -570,7 +670,10 @@ ModelOutput Model::evaluate(const EdgeBatch &batch, bool monitors, bool force_si
   auto fetch = [&](const char *key, int64_t expected, bool required) -> const double * {
     auto it = results.find(std::string(key));
     if (it == results.end()) {
-      if (required) throw std::runtime_error(std::string("model output lacks '") + key + "'");
+      if (required)
+        throw std::runtime_error("model " + info_.path + " returned no '" + key +
+                                 "' (not a model exported by mlip_md, or a damaged one); re-export it with "
+                                 "mlip-md upgrade or mlip-md train");
       return nullptr;
     }
     torch::Tensor t = it->second.detach().to(torch::kCPU, torch::kFloat64).contiguous();

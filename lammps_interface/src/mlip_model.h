@@ -26,6 +26,17 @@ struct ModelInfo {
   double force_variance_scale = 1.0;
   bool knows(int z) const;
   std::string element_list() const;    // "Cu, Ni"
+  // Where the training data ends (metadata "monitors"; pair_style mlip's close-contact and
+  // out-of-domain checks, mlip_monitor): the closest distance per element pair in training
+  // (Angstrom), the largest per-atom T^2 of the training set and the largest held-out d_min
+  // (largest over elements; 0 = unknown, not checked).
+  struct PairDistance {
+    int za, zb;
+    double distance;
+  };
+  std::vector<PairDistance> pair_min_distance;
+  double mahalanobis_max = 0.0;
+  double d_min_max = 0.0;
 };
 
 // Model inputs in the contract's layout, filled by mlip_convert:

@@ -31,6 +31,16 @@ const char *signal_name(Signal s)
   return "?";
 }
 
+const char *contact_action_name(ContactAction a)
+{
+  switch (a) {
+    case ContactAction::Warn: return "warn";
+    case ContactAction::Halt: return "halt";
+    case ContactAction::Ignore: return "ignore";
+  }
+  return "?";
+}
+
 int parse_monitor_keyword(LAMMPS *lmp, MonitorSettings &s, int narg, char **arg, int iarg)
 {
   const std::string key = arg[iarg];
@@ -71,6 +81,28 @@ int parse_monitor_keyword(LAMMPS *lmp, MonitorSettings &s, int narg, char **arg,
     need(1);
     s.halt = true;
     s.halt_above = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+    return 2;
+  }
+  if (key == "close_contact") {
+    need(1);
+    const std::string v = arg[iarg + 1];
+    if (v == "warn") s.close_contact = ContactAction::Warn;
+    else if (v == "halt") s.close_contact = ContactAction::Halt;
+    else if (v == "ignore") s.close_contact = ContactAction::Ignore;
+    else
+      lmp->error->all(FLERR, "pair_style mlip: close_contact must be warn, halt or ignore, got '{}'", v);
+    return 2;
+  }
+  if (key == "ood_warnings") {
+    need(1);
+    s.ood_warnings = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
+    return 2;
+  }
+  if (key == "ood_every") {
+    need(1);
+    s.ood_every = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+    if (s.ood_every < 0)
+      lmp->error->all(FLERR, "pair_style mlip: ood_every must be >= 0 (0: only on steps with monitor values)");
     return 2;
   }
   return 0;
@@ -215,6 +247,221 @@ void Monitor::write_frame(const PerAtomMonitors &values, const std::vector<int> 
     fputc('\n', fp_);
   }
   fflush(fp_);
+}
+
+/* ---------------------------------------------------------------------- default safety checks */
+
+bool RateLimiter::record(bigint step, bigint n_atoms)
+{
+  ++steps_;
+  atoms_ += n_atoms;
+  if (reports_ > 0 && step - last_ < gap_) return false;
+  if (reports_ > 0) gap_ = std::min<bigint>(2 * gap_, 10000);
+  since_steps = steps_;
+  since_atoms = atoms_;
+  since_last = last_;
+  ++reports_;
+  last_ = step;
+  steps_ = atoms_ = 0;
+  return true;
+}
+
+static std::string since_text(const RateLimiter &r, const char *what)
+{
+  if (r.since_last < 0) return "";
+  return fmt::format("; {} step(s) with {} ({} atom(s) in all) since the message on step {}", r.since_steps, what,
+                     r.since_atoms, r.since_last);
+}
+
+std::string format_close_contact(bigint step, tagint a, tagint b, double distance, double ratio,
+                                 const std::string &pair, double reference, bigint n_atoms, const RateLimiter &since,
+                                 bool halt)
+{
+  const std::string head = fmt::format(
+      "mlip_md close contact on step {}: atoms {} and {} are {:.3f} A apart, {:.2f} of the closest {} distance in "
+      "training ({:.3f} A); {} atom(s) closer to a neighbour than in any training structure{}; the model is "
+      "extrapolating there",
+      step, a, b, distance, ratio, pair, reference, n_atoms, since_text(since, "close contacts"));
+  if (halt)
+    return head + ". Stopping (close_contact halt): check the structure and the time step, or use close_contact "
+                  "warn to go on";
+  return head + " (check the structure and the time step; close_contact halt stops, ignore silences this)";
+}
+
+std::string format_out_of_domain(bigint step, bigint n_atoms, const Extreme *t2, const Extreme *d_min,
+                                 const RateLimiter &since)
+{
+  std::string parts;
+  if (t2)
+    parts += fmt::format("Mahalanobis T^2 {:.4g} > {:.4g} (largest in training) at atom {}", t2->value, t2->threshold,
+                         t2->atom);
+  if (d_min)
+    parts += fmt::format("{}d_min {:.4g} > {:.4g} (largest held out) at atom {}", t2 ? ", " : "", d_min->value,
+                         d_min->threshold, d_min->atom);
+  return fmt::format("mlip_md out of domain on step {}: {} atom(s) beyond the training data: {}{}; predictions there "
+                     "are extrapolations (ood_warnings off silences this)",
+                     step, n_atoms, parts, since_text(since, "atoms out of domain"));
+}
+
+SafetyChecks::SafetyChecks(LAMMPS *lmp, const MonitorSettings &settings, const ModelInfo &info) :
+    Pointers(lmp), settings_(settings), info_(info)
+{
+}
+
+static double training_distance(const ModelInfo &info, int za, int zb)
+{
+  for (const auto &p : info.pair_min_distance)
+    if (p.za == za && p.zb == zb) return p.distance;
+  return 0.0;
+}
+
+void SafetyChecks::set_types(const std::vector<int> &type_to_z)
+{
+  table_ = ContactTable();
+  if (settings_.close_contact == ContactAction::Ignore || info_.pair_min_distance.empty()) return;
+  const int stride = static_cast<int>(type_to_z.size());
+  table_.stride = stride;
+  table_.inv_sq.assign(static_cast<size_t>(stride) * stride, INFINITY);
+  bool first = true, known = false;
+  for (int ti = 1; ti < stride; ++ti)
+    for (int tj = 1; tj < stride; ++tj) {
+      if (type_to_z[ti] <= 0 || type_to_z[tj] <= 0) continue;
+      const double r = training_distance(info_, type_to_z[ti], type_to_z[tj]);
+      const double inv = r > 0.0 ? 1.0 / (r * r) : INFINITY;
+      table_.inv_sq[static_cast<size_t>(ti) * stride + tj] = inv;
+      known = known || r > 0.0;
+      if (first) table_.uniform_inv_sq = inv;
+      table_.uniform = table_.uniform && inv == table_.uniform_inv_sq;
+      first = false;
+    }
+  if (!known) table_ = ContactTable();    // no pair seen in training: nothing to compare with
+}
+
+bool SafetyChecks::check_contacts(double closest, const EdgeBatch &batch, const int *type,
+                                  const std::vector<int> &type_to_z)
+{
+  if (table_.empty()) return false;
+  const bigint step = update->ntimestep;
+  if (step == contact_step_) return contact_present_;    // once per step (minimizer line searches)
+  contact_step_ = step;
+  double global = INFINITY;
+  MPI_Allreduce(&closest, &global, 1, MPI_DOUBLE, MPI_MIN, world);
+  contact_present_ = global < 1.0;
+  if (!contact_present_) return false;
+
+  // rare: this rank's atoms in contact (edges of one centre are contiguous) and its closest pair
+  bigint count = 0;
+  struct {
+    double ratio_sq;
+    int rank;
+  } mine{INFINITY, comm->me}, best{};
+  size_t worst = 0;
+  int64_t counted = -1;
+  const double *v = batch.vectors.data();
+  for (size_t e = 0; e < batch.n_edges(); ++e) {
+    const int64_t i = batch.src[e], j = batch.dst[e];
+    const double q = (v[3 * e] * v[3 * e] + v[3 * e + 1] * v[3 * e + 1] + v[3 * e + 2] * v[3 * e + 2]) *
+                     table_.at(type[i], type[j]);
+    if (!(q < 1.0)) continue;
+    if (i != counted) {
+      ++count;
+      counted = i;
+    }
+    if (q < mine.ratio_sq) {
+      mine.ratio_sq = q;
+      worst = e;
+    }
+  }
+  MPI_Allreduce(&mine, &best, 1, MPI_DOUBLE_INT, MPI_MINLOC, world);
+  bigint total = 0;
+  MPI_Allreduce(&count, &total, 1, MPI_LMP_BIGINT, MPI_SUM, world);
+  double pair[5] = {0.0, 0.0, 0.0, 0.0, 0.0};    // tag i, tag j, distance, Z i, Z j
+  if (comm->me == best.rank && std::isfinite(mine.ratio_sq)) {
+    const int64_t i = batch.src[worst], j = batch.dst[worst];
+    pair[0] = static_cast<double>(atom->tag[i]);
+    pair[1] = static_cast<double>(atom->tag[j]);
+    pair[2] = std::sqrt(v[3 * worst] * v[3 * worst] + v[3 * worst + 1] * v[3 * worst + 1] +
+                        v[3 * worst + 2] * v[3 * worst + 2]);
+    pair[3] = type_to_z[type[i]];
+    pair[4] = type_to_z[type[j]];
+  }
+  MPI_Bcast(pair, 5, MPI_DOUBLE, best.rank, world);
+
+  const bool halt = settings_.close_contact == ContactAction::Halt;
+  if (!contacts_.record(step, total) && !halt) return true;
+  // named in ID order (as mlip_md.safety names them in index order)
+  const bool swap = pair[0] > pair[1];
+  const tagint ta = static_cast<tagint>(pair[swap ? 1 : 0]), tb = static_cast<tagint>(pair[swap ? 0 : 1]);
+  const int za = static_cast<int>(pair[swap ? 4 : 3]), zb = static_cast<int>(pair[swap ? 3 : 4]);
+  const double reference = training_distance(info_, za, zb);
+  const char *sa = element_symbol(za), *sb = element_symbol(zb);
+  const std::string message =
+      format_close_contact(step, ta, tb, pair[2], pair[2] / reference,
+                           fmt::format("{}-{}", sa ? sa : "X", sb ? sb : "X"), reference, total, contacts_, halt);
+  if (halt) error->all(FLERR, "pair_style mlip: " + message);
+  if (comm->me == 0) error->warning(FLERR, message);
+  return true;
+}
+
+void SafetyChecks::check_out_of_domain(const PerAtomMonitors &values, const std::vector<int> &type_to_z,
+                                       bool contact)
+{
+  const double t2_max = info_.mahalanobis_max, d_max = info_.d_min_max;
+  if (!settings_.ood_warnings || contact || (t2_max <= 0.0 && d_max <= 0.0)) return;
+  const bigint step = update->ntimestep;
+  if (step == ood_step_) return;
+  ood_step_ = step;
+  // [0] T^2, [1] d_min: largest value above its threshold on this rank and where
+  struct {
+    double value;
+    int rank;
+  } mine[2] = {{-INFINITY, comm->me}, {-INFINITY, comm->me}}, best[2];
+  int where[2] = {-1, -1};
+  const double *signal[2] = {t2_max > 0.0 ? values.mahalanobis : nullptr, d_max > 0.0 ? values.d_min : nullptr};
+  const double limit[2] = {t2_max, d_max};
+  bigint count = 0;
+  for (int i = 0; i < atom->nlocal; ++i) {
+    if (type_to_z[atom->type[i]] <= 0) continue;
+    bool above = false;
+    for (int k = 0; k < 2; ++k)
+      if (signal[k] && signal[k][i] > limit[k]) {
+        above = true;
+        if (signal[k][i] > mine[k].value) {
+          mine[k].value = signal[k][i];
+          where[k] = i;
+        }
+      }
+    count += above;
+  }
+  bigint total = 0;
+  MPI_Allreduce(&count, &total, 1, MPI_LMP_BIGINT, MPI_SUM, world);
+  if (total == 0) return;
+  MPI_Allreduce(mine, best, 2, MPI_DOUBLE_INT, MPI_MAXLOC, world);
+  bigint tags[2], tags_all[2];
+  for (int k = 0; k < 2; ++k) tags[k] = (comm->me == best[k].rank && where[k] >= 0) ? atom->tag[where[k]] : 0;
+  MPI_Allreduce(tags, tags_all, 2, MPI_LMP_BIGINT, MPI_SUM, world);
+  if (!out_of_domain_.record(step, total)) return;
+  const Extreme t2{best[0].value, t2_max, static_cast<tagint>(tags_all[0])};
+  const Extreme dm{best[1].value, d_max, static_cast<tagint>(tags_all[1])};
+  if (comm->me == 0)
+    error->warning(FLERR, format_out_of_domain(step, total, std::isfinite(t2.value) ? &t2 : nullptr,
+                                               std::isfinite(dm.value) ? &dm : nullptr, out_of_domain_));
+}
+
+std::string SafetyChecks::describe() const
+{
+  std::string text = "pair mlip: close contacts ";
+  if (settings_.close_contact == ContactAction::Ignore) text += "not checked (close_contact ignore)";
+  else if (table_.empty() && info_.pair_min_distance.empty()) text += "not checked (the model has no pair_min_distance)";
+  else text += fmt::format("checked every step (close_contact {})", contact_action_name(settings_.close_contact));
+  text += "; out-of-domain atoms ";
+  if (!settings_.ood_warnings) return text + "not checked (ood_warnings no)\n";
+  if (info_.mahalanobis_max <= 0.0 && info_.d_min_max <= 0.0) return text + "not checked (no thresholds in the model)\n";
+  std::string limits;
+  if (info_.mahalanobis_max > 0.0) limits += fmt::format("T^2 > {:.4g}", info_.mahalanobis_max);
+  if (info_.d_min_max > 0.0) limits += fmt::format("{}d_min > {:.4g}", limits.empty() ? "" : ", ", info_.d_min_max);
+  const std::string when = settings_.ood_every > 0 ? fmt::format("every {} steps and ", settings_.ood_every) : "";
+  return text + fmt::format("({}) warned about {}on steps with monitor values (ood_warnings yes)\n", limits, when);
 }
 
 }    // namespace MLIP

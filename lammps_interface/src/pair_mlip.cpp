@@ -2,6 +2,7 @@
 
 #include "compute_mlip_atom.h"
 #include "mlip_convert.h"
+#include "mlip_process.h"
 
 #include "atom.h"
 #include "comm.h"
@@ -21,8 +22,9 @@
 using namespace LAMMPS_NS;
 
 PairMLIP::PairMLIP(LAMMPS *lmp) :
-    Pair(lmp), cutoff(0.0), nmax_monitor(0), mon_energy_sigma(nullptr), mon_force_sigma(nullptr),
-    mon_mahalanobis(nullptr), mon_d_min(nullptr), mon_min_distance(nullptr), mon_min_ratio(nullptr),
+    Pair(lmp), cutoff(0.0), closest_contact(INFINITY), nmax_monitor(0), mon_energy_sigma(nullptr),
+    mon_force_sigma(nullptr), mon_mahalanobis(nullptr), mon_d_min(nullptr), mon_min_distance(nullptr),
+    mon_min_ratio(nullptr),
     monitor_step(-1), monitor_has_force_sigma(false), monitor_has_d_min(false), nmax_members(0),
     member_f(nullptr), time_model(0.0), time_convert(0.0), time_kernel(0.0), time_edges(0.0), model_calls(0)
 {
@@ -73,10 +75,12 @@ void PairMLIP::settings(int narg, char **arg)
     error->all(FLERR,
                "Illegal pair_style mlip command: expected pair_style mlip model.pt [device cpu|cuda] "
                "[fused yes|no] [readout native|torchscript] [dtype float64|float32] [uncertainty_every N] [monitor SIGNAL] "
-               "[dump_above X file F] [halt_above Y]");
+               "[dump_above X file F] [halt_above Y] [close_contact warn|halt|ignore] [ood_warnings yes|no] "
+               "[ood_every N] [threads N]");
   model_path = arg[0];
   device = "cpu";
   MLIP::ModelOptions options;
+  int threads = 0;    // 0: OMP_NUM_THREADS if set, else 1 per rank
   monitor_settings = MLIP::MonitorSettings();
   int iarg = 1;
   while (iarg < narg) {
@@ -101,6 +105,13 @@ void PairMLIP::settings(int narg, char **arg)
       iarg += 2;
       continue;
     }
+    if (strcmp(arg[iarg], "threads") == 0) {
+      if (iarg + 1 >= narg) error->all(FLERR, "Illegal pair_style mlip command: threads needs a value");
+      threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (threads < 1) error->all(FLERR, "Illegal pair_style mlip command: threads must be >= 1, got {}", threads);
+      iarg += 2;
+      continue;
+    }
     if (strcmp(arg[iarg], "dtype") == 0) {
       if (iarg + 1 >= narg || (strcmp(arg[iarg + 1], "float64") != 0 && strcmp(arg[iarg + 1], "float32") != 0))
         error->all(FLERR, "Illegal pair_style mlip command: dtype needs float64 or float32");
@@ -112,11 +123,14 @@ void PairMLIP::settings(int narg, char **arg)
     if (used == 0)
       error->all(FLERR,
                  "Illegal pair_style mlip command: unknown keyword '{}' (known: device, fused, readout, dtype, "
-                 "uncertainty_every, monitor, dump_above, halt_above)", arg[iarg]);
+                 "uncertainty_every, monitor, dump_above, halt_above, close_contact, ood_warnings, ood_every, threads)",
+                 arg[iarg]);
     iarg += used;
   }
 
+  std::string process;    // threads and malloc, set before the model loads
   try {
+    process = MLIP::configure_threads(threads) + ", malloc " + MLIP::keep_freed_memory();
     model.load(model_path, device, options);
   } catch (std::exception &e) {
     error->all(FLERR, "pair_style mlip: {}", e.what());
@@ -125,6 +139,8 @@ void PairMLIP::settings(int narg, char **arg)
   cutoff = info.cutoff;
   comm_reverse = 3 * info.ensemble_size;
   monitor = std::make_unique<MLIP::Monitor>(lmp, monitor_settings);
+  safety = std::make_unique<MLIP::SafetyChecks>(lmp, monitor_settings, model.info());
+  closest_contact = INFINITY;
   monitor_step = -1;
   if (allocated)    // a new model: the type map must be given again
     for (int i = 0; i <= atom->ntypes; ++i)
@@ -132,18 +148,20 @@ void PairMLIP::settings(int narg, char **arg)
 
   if (comm->me == 0) {
     const std::string dtype = model.dtype() == info.dtype ? info.dtype : model.dtype() + " (stored " + info.dtype + ")";
-    utils::logmesg(lmp, "pair mlip: model {} (elements {}, cutoff {} A, {}, {} member(s)) on {}{}\n",
+    utils::logmesg(lmp, "pair mlip: model {} (elements {}, cutoff {} A, {}, {} member(s)) on {}{}; {}\n",
                    model_path, info.element_list(), info.cutoff, dtype, info.ensemble_size, device,
                    model.compiled()         ? ", compiled graphs"
                    : model.native_readout() ? ", fused descriptor kernel and C readout"
                    : model.fused()          ? ", fused descriptor kernel"
-                                            : "");
+                                            : "",
+                   process);
     const int every = monitor_settings.effective_every();
     if (every > 0)
       utils::logmesg(lmp, "pair mlip: monitoring {} every {} step(s){}{}\n",
                      MLIP::signal_name(monitor_settings.signal), every,
                      monitor_settings.dump ? fmt::format(", dump above {:g}", monitor_settings.dump_above) : "",
                      monitor_settings.halt ? fmt::format(", halt above {:g}", monitor_settings.halt_above) : "");
+    utils::logmesg(lmp, safety->describe());
   }
 }
 
@@ -186,6 +204,7 @@ void PairMLIP::coeff(int narg, char **arg)
         ++count;
       }
   if (count == 0) error->all(FLERR, "pair_coeff * * for pair_style mlip maps every type to NULL");
+  safety->set_types(type_to_z);
 }
 
 void PairMLIP::init_style()
@@ -244,7 +263,7 @@ void PairMLIP::demand(bool &monitors, bool &force_sigma, bool &check)
 {
   const bigint step = update->ntimestep;
   check = monitor_settings.due(step);
-  monitors = check;
+  monitors = check || monitor_settings.ood_due(step);
   force_sigma = check && monitor_settings.signal == MLIP::Signal::ForceSigma;
   for (Compute *c : modify->get_compute_by_style("mlip/atom")) {
     auto *peratom = dynamic_cast<ComputeMLIPAtom *>(c);
@@ -279,6 +298,8 @@ void PairMLIP::compute(int eflag, int vflag)
       for (int c = 0; c < 6; ++c) virial[c] += tally.virial[c];
   }
   if (!update->setupflag) time_convert += MPI_Wtime() - start;
+  const bool contact = safety->check_contacts(closest_contact, batch, atom->type, type_to_z);
+  if (want_monitors) safety->check_out_of_domain(monitors(), type_to_z, contact);
   if (check) monitor->check(monitors(), type_to_z);
 }
 
@@ -290,8 +311,8 @@ MLIP::ModelOutput PairMLIP::run_model(bool monitors, bool force_sigma, bool &ran
   const int nall = nlocal + atom->nghost;
   const MLIP::NeighView view{list->inum, list->ilist, list->numneigh, list->firstneigh};
   double start = MPI_Wtime();
-  MLIP::build_batch(atom->x, atom->type, nlocal, nall, view, type_to_z,
-                    model.info().atomic_numbers.front(), cutoff * cutoff, batch);
+  closest_contact = MLIP::build_batch(atom->x, atom->type, nlocal, nall, view, type_to_z,
+                                      model.info().atomic_numbers.front(), cutoff * cutoff, safety->table(), batch);
   const bool timed = !update->setupflag;    // finish() reports the steps of the run only
   if (timed) {
     const double spent = MPI_Wtime() - start;
@@ -372,6 +393,7 @@ void PairMLIP::ensure_monitors(bool need_force_sigma)
   if (monitor_step == update->ntimestep && (monitor_has_force_sigma || !need_force_sigma)) return;
   bool ran = false;
   run_model(true, need_force_sigma, ran);
+  safety->check_out_of_domain(monitors(), type_to_z, safety->contact_on(update->ntimestep));
 }
 
 MLIP::PerAtomMonitors PairMLIP::monitors() const

@@ -3,15 +3,22 @@
 //   pair_style mlip model.pt [device cpu|cuda] [fused yes|no] [dtype float64|float32]
 //              [uncertainty_every N] [monitor energy_sigma|force_sigma|mahalanobis|d_min]
 //              [dump_above X file F] [halt_above Y]
+//              [close_contact warn|halt|ignore] [ood_warnings yes|no] [ood_every N] [threads N]
 //   pair_coeff * * Cu Ni ...      (one element per atom type, NULL for types left to hybrid)
 //
 // fused: the descriptor from the fused C++ kernel + the model's evaluate_features (default yes
 // when the model supports it, i.e. its metadata has a power_spectrum v1 descriptor block);
-// dtype: run a .pt model in that precision (default: the precision it was saved in).
+// dtype: run a .pt model in that precision (default: the precision it was saved in);
+// threads: torch threads per rank (default OMP_NUM_THREADS when set, else 1; mlip_process).
 //
 // Full neighbour list, newton on; forces on ghosts are reverse-communicated by LAMMPS.
 // The model call, autograd and uncertainty come from the model (mlip_model), the array
 // conversions from mlip_convert and the monitor actions from mlip_monitor.
+//
+// Default safety checks (mlip_monitor's SafetyChecks, the mirror of mlip_md.safety): close
+// contacts every step from the edge loop (close_contact, default warn), atoms beyond the
+// training data's T^2 / d_min on steps with monitor values, at least every ood_every steps
+// (ood_warnings, default yes, every 200 steps).
 #ifndef LMP_PAIR_MLIP_H
 #define LMP_PAIR_MLIP_H
 
@@ -55,6 +62,8 @@ class PairMLIP : public Pair {
   std::string model_path, device;
   MLIP::MonitorSettings monitor_settings;
   std::unique_ptr<MLIP::Monitor> monitor;
+  std::unique_ptr<MLIP::SafetyChecks> safety;
+  double closest_contact;    // this rank's smallest (r / r_min)^2 of the last build_batch
   std::vector<int> type_to_z;    // [ntypes+1], 0 = NULL
   MLIP::EdgeBatch batch;
   double cutoff;

@@ -49,7 +49,7 @@ class LammpsTrajectory:
         damp_ps = 1e-3 / max(friction, 1e-12)  # friction in 1/fs -> damping time in ps
         self.lmp.commands_list([
             f"plugin load {plugin_path(build=True)}",
-            f"pair_style mlip {model_path}",
+            f"pair_style mlip {model_path} ood_warnings no",  # exploration leaves the domain on purpose
             "pair_coeff * * " + " ".join(elements),
             f"timestep {timestep_fs * 1e-3!r}",
             f"velocity all create {temperature!r} {seed} dist gaussian mom yes rot no",

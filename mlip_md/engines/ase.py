@@ -11,22 +11,28 @@ mahalanobis [N], min_distance [N] (Å), min_distance_ratio [N], close_contact [N
 atom is closer to a neighbour than any pair in training), force_sigma [N, 3] when
 ``force_sigma=True``. Units are ASE's: eV, Å, eV/Å^3. The extra result names are registered
 with ``ase.outputs`` so ASE's ``calculate_properties`` / ``Properties`` accept them.
+
+Every call with monitors applies the default safety policy (:mod:`mlip_md.safety`): close
+contacts (``close_contact``) and atoms outside the training domain (``ood_warnings``) are
+warned about, rate-limited (one calculator call = one step).
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from ..errors import CloseContactWarning
 from ..model.io import ExportedModel
 from ..predictor import Prediction, Predictor
+from ..process import default_threads
+from ..safety import CLOSE_CONTACT_ACTIONS as POLICY_ACTIONS
+from ..safety import SafetyPolicy
 
-CLOSE_CONTACT_ACTIONS = ("warn", "raise", "ignore")
+CLOSE_CONTACT_ACTIONS = (*POLICY_ACTIONS, "raise")  # "raise": the earlier name of "halt"
 
 #: result name -> (dtype, shape spec) for ase.outputs
 EXTRA_OUTPUTS = {
@@ -64,7 +70,12 @@ class MLIPCalculator(Calculator):
     monitors: compute per-atom uncertainty and domain monitors every call.
     force_sigma: also compute per-member forces and their calibrated std (K backward passes).
     close_contact: what to do when two atoms are closer than any pair seen in training:
-        "warn" (CloseContactWarning, and flagged in results), "raise" or "ignore".
+        "warn" (CloseContactWarning, rate-limited; flagged in results either way), "halt" (raise
+        CloseContactHalt, an InvalidStructureError; "raise" is the same), "dump" (warn and append
+        the frame to ``dump_path``) or "ignore".
+    ood_warnings: warn (OutOfDomainWarning, rate-limited) when an atom's T² or d_min is above
+        the largest value of the training data; False turns this off.
+    dump_path: extxyz file of ``close_contact="dump"``.
     monitor: optional policy object with ``observe(atoms, prediction)`` (see
         mlip_md.monitor) called after every evaluation.
     skin: Å; > 0 reuses the neighbour list between steps until an atom moved more than
@@ -76,6 +87,11 @@ class MLIPCalculator(Calculator):
         and device support it (the default on the CPU), True = required, False = TorchScript only.
     dtype: "float32" or "float64" (default: the file's): the precision the model runs in;
         float32 is about 1.5x faster on the CPU, forces agree with float64 to ~1e-6 relative.
+    threads: torch threads of this process (torch's setting is process-wide). None (default):
+        ``OMP_NUM_THREADS`` when set, else 1, as in every mlip_md engine (mlip_md.process: the
+        fused kernel is single-threaded, and on a busy machine torch's one-thread-per-core
+        default made monitored calls up to 40x slower); N >= 1: N; 0: leave torch's setting as
+        it is. The choice is in ``self.threads``.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", *EXTRA_OUTPUTS]
@@ -87,22 +103,31 @@ class MLIPCalculator(Calculator):
         monitors: bool = True,
         force_sigma: bool = False,
         close_contact: str = "warn",
+        ood_warnings: bool = True,
+        dump_path: Union[str, Path] = "mlip_md_flagged.extxyz",
         monitor=None,
         skin: float = 0.0,
         compiled: Union[str, Path, None] = None,
         fused: Optional[bool] = None,
         dtype: Optional[str] = None,
+        threads: Optional[int] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if threads != 0:
+            torch.set_num_threads(default_threads(threads)[0])
         if close_contact not in CLOSE_CONTACT_ACTIONS:
             raise ValueError(f"close_contact must be one of {CLOSE_CONTACT_ACTIONS}, got {close_contact!r}")
         self.predictor = Predictor(model, device=device, skin=skin, compiled=compiled, fused=fused, dtype=dtype)
         self.monitors = monitors
         self.force_sigma = force_sigma
         self.close_contact = close_contact
+        self.safety = SafetyPolicy.for_model(self.predictor.model, close_contact="halt" if close_contact == "raise"
+                                             else close_contact, ood_warnings=ood_warnings, dump_path=dump_path)
         self.monitor = monitor
         self.last_prediction: Optional[Prediction] = None
+        #: torch threads this process runs with (see ``threads``)
+        self.threads = torch.get_num_threads()
 
     @property
     def model(self) -> ExportedModel:
@@ -136,23 +161,7 @@ class MLIPCalculator(Calculator):
             mask = np.zeros(len(pred.energies), dtype=int)
             mask[close] = 1
             results["close_contact"] = mask
-            if close.size:
-                self._handle_close_contacts(pred, close)
+            self.safety.observe(pred, lambda: self.atoms)
         self.results = results
         if self.monitor is not None:
             self.monitor.observe(self.atoms, pred)
-
-    def _handle_close_contacts(self, pred: Prediction, close: np.ndarray) -> None:
-        if self.close_contact == "ignore":
-            return
-        worst = int(close[np.argmin(pred.min_distance_ratio[close])])
-        message = (
-            f"{close.size} atom(s) closer to a neighbour than any pair in the training data "
-            f"(atom {worst}: {pred.min_distance[worst]:.3f} Å, {pred.min_distance_ratio[worst]:.2f} "
-            "of the closest training distance); the model is extrapolating there"
-        )
-        if self.close_contact == "raise":
-            from ..errors import InvalidStructureError
-
-            raise InvalidStructureError(message + "; use close_contact='warn' to continue anyway")
-        warnings.warn(message, CloseContactWarning, stacklevel=3)

@@ -8,15 +8,19 @@ Protocol (i-PI docs, "socket protocol"): the server asks STATUS, we answer NEEDI
 HAVEDATA; INIT carries an index and a parameter string; POSDATA the cell and positions (Bohr);
 GETFORCE asks for FORCEREADY with energy (Hartree), forces, virial and an extras JSON string;
 EXIT ends the run. Byte-level encoding and unit conversion live in the C++ codec
-(:mod:`mlip_md.engines.ipi_wire`); this module is the small loop around it.
+(:mod:`mlip_md.engines.ipi_wire`); this module is the small loop around it. An INIT string
+announcing i-PI's batched protocol (``batch_size:N``) is refused; a server that sends nothing
+for ``SocketClient.timeout`` seconds is given up on. :func:`serve` maps every outcome to the
+exit code of ``mlip-md ipi``.
 
 Extras every step (JSON): ``committee_pot`` (Hartree, one per member; ``--committee full`` adds
 ``committee_force`` and ``committee_virial``) for i-PI's ``<ffcommittee parse_json='true'>``,
 and mlip_md's monitor values (eV, Å): ``energy_uncertainty``, ``energy_sigma_max``,
 ``force_sigma_max``, ``mahalanobis_max``, ``d_min_max``, ``min_distance_ratio_min`` and
-``flagged`` (atoms beyond the model's T^2 / d_min thresholds or closer than any training pair).
-``monitor_every`` = N computes the monitor values (and applies the monitor policy) on every N-th
-step only, like the LAMMPS plugin's ``uncertainty_every``; the other steps send
+``flagged`` (atoms with T^2 / d_min above the largest training values,
+:func:`mlip_md.monitor.domain_thresholds`, or closer than any training pair).
+``monitor_every`` = N computes the monitor values (and applies the default safety policy of
+:mod:`mlip_md.safety` and the monitor rules) on every N-th step only, like the LAMMPS plugin's ``uncertainty_every``; the other steps send
 ``energy_uncertainty`` and the committee keys alone.
 """
 from __future__ import annotations
@@ -31,8 +35,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ProtocolError, ServerGoneError
-from ..monitor import ExtrapolationHalt, MonitorPolicy
+from ..errors import (InvalidStructureError, ProtocolError, ServerGoneError, ServerTimeoutError,
+                      UnknownElementError)
+from ..monitor import ExtrapolationHalt, MonitorPolicy, domain_thresholds
+from ..safety import CloseContactHalt, SafetyPolicy
 from . import ipi_wire as wire
 from .ipi_wire import Message
 
@@ -49,16 +55,31 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+#: seconds without a byte from i-PI after which the driver gives up (``--timeout``)
+DEFAULT_TIMEOUT = 600.0
+
+
 class SocketClient:
-    """A connected stream socket to i-PI with exact-length reads into a reusable buffer."""
+    """A connected stream socket to i-PI with exact-length reads into a reusable buffer.
+
+    ``timeout`` (seconds, 0 = wait forever) is a progress watchdog: a read that gets no byte
+    for that long, or a send the server does not take for that long, raises
+    :class:`~mlip_md.errors.ServerTimeoutError` naming what the driver was waiting for (the
+    next request, or the rest of a message). A driver that legitimately idles (more drivers
+    than beads, a slow second force field in the same i-PI run) needs a longer one or 0.
+    """
 
     def __init__(self, address: str, unix: bool = True, port: Optional[int] = None,
-                 socket_prefix: str = "/tmp/ipi_", connect_timeout: float = 60.0):
+                 socket_prefix: str = "/tmp/ipi_", connect_timeout: float = 60.0,
+                 timeout: float = DEFAULT_TIMEOUT):
         if not unix and port is None:
             raise ValueError("a TCP connection needs --port (or use --unix)")
+        if not timeout >= 0.0:
+            raise ValueError(f"timeout must be >= 0 seconds (0: wait forever), got {timeout!r}")
         self.target = socket_prefix + address if unix else (address, int(port))
         self.unix = unix
         self.connect_timeout = connect_timeout
+        self.timeout = float(timeout)
         self.sock: Optional[socket.socket] = None
         self._buffer = bytearray(1 << 16)
 
@@ -88,11 +109,15 @@ class SocketClient:
                 continue
             if not self.unix:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(self.timeout or None)
             self.sock = sock
             return
 
-    def recv(self, n: int) -> memoryview:
-        """Exactly n bytes (a view into the reusable buffer, valid until the next recv)."""
+    def recv(self, n: int, message: Optional[Message] = None) -> memoryview:
+        """Exactly n bytes (a view into the reusable buffer, valid until the next recv).
+
+        ``message``: the message whose body is being read, or None when the n bytes are the
+        next header (the driver is between messages until the first byte arrives)."""
         if n > len(self._buffer):
             self._buffer = bytearray(max(n, 2 * len(self._buffer)))
         view = memoryview(self._buffer)[:n]
@@ -100,17 +125,34 @@ class SocketClient:
         while got < n:
             try:
                 chunk = self.sock.recv_into(view[got:], n - got)
+            except socket.timeout:
+                raise ServerTimeoutError(self._stalled(message, got, n)) from None
             except ConnectionError as exc:
                 raise ServerGoneError(f"connection to i-PI lost ({exc.strerror or exc})") from None
             if chunk == 0:
-                where = "mid-message" if got else "between messages"
+                where = "between messages" if message is None and got == 0 else "mid-message"
                 raise ServerGoneError(f"i-PI closed the connection {where}")
             got += chunk
         return view
 
+    def _stalled(self, message: Optional[Message], got: int, n: int) -> str:
+        """The one-line reason of a read timeout: what the driver was waiting for."""
+        limit = f"{self.timeout:g} s"
+        advice = "--timeout sets the limit (0: wait forever)"
+        if message is None and got == 0:
+            return (f"i-PI sent no request for {limit} (waiting between messages): the server is stalled "
+                    f"(e.g. waiting for a driver that died) or has no work for this driver; {advice}")
+        what = f"a {message.name} message" if message is not None else "a message header"
+        return (f"i-PI stopped sending for {limit} in the middle of {what} (mid-message, {got} of the next "
+                f"{n} bytes received): the server is stalled or the stream is out of sync; {advice}")
+
     def send(self, data) -> None:
         try:
             self.sock.sendall(data)
+        except socket.timeout:
+            raise ServerTimeoutError(
+                f"i-PI took none of the driver's reply for {self.timeout:g} s (the server is stalled); "
+                "--timeout sets the limit (0: wait forever)") from None
         except (BrokenPipeError, ConnectionError) as exc:
             raise ServerGoneError(f"connection to i-PI lost while sending ({exc.strerror or exc})") from None
 
@@ -122,6 +164,19 @@ class SocketClient:
                 self.sock = None
 
 
+def _refuse_batched_protocol(init: bytes) -> None:
+    """ProtocolError when i-PI's INIT string announces its batched protocol (``batch_size:N``,
+    N > 1, sent for ``<batch_size>`` in an ``<ffsocket>``): its POSDATA and FORCEREADY carry N
+    structures in another layout, which this driver does not speak."""
+    batch = wire.init_batch_size(init)
+    if batch > 1:
+        raise ProtocolError(
+            f"i-PI asked for its batched protocol (batch_size:{batch} in the INIT string, from <batch_size> in "
+            "its <ffsocket>); mlip-md ipi serves one structure per request: remove <batch_size> from the "
+            "<ffsocket> (or set it to 1) and start one driver per bead for parallel evaluation"
+        )
+
+
 class Driver:
     """Answers i-PI's requests with predictions of ``evaluator`` (a Predictor or
     ParallelPredictor, rank 0).
@@ -131,12 +186,17 @@ class Driver:
     evaluation. ``monitor``: a MonitorPolicy; its ``halt`` action
     asks i-PI to stop by creating ``exit_file`` (i-PI's soft exit) and keeps serving until the
     server sends EXIT.
+
+    The default safety policy (:mod:`mlip_md.safety`) runs on every step with monitors and logs
+    its messages as warnings: ``close_contact`` warn / halt (the soft exit above) / dump (to
+    ``dump_path``) / ignore, and out-of-domain warnings unless ``ood_warnings`` is False.
     """
 
     def __init__(self, evaluator, client: SocketClient, numbers: Optional[Sequence[int]] = None,
                  committee: str = "energy", monitor: Optional[MonitorPolicy] = None,
                  exit_file: Optional[Path] = None, max_atoms: int = 10_000_000,
-                 on_step: Optional[Callable] = None, monitor_every: int = 1):
+                 on_step: Optional[Callable] = None, monitor_every: int = 1, close_contact: str = "warn",
+                 ood_warnings: bool = True, dump_path: Optional[Path] = Path("mlip_md_flagged.extxyz")):
         if committee not in COMMITTEE_MODES:
             raise ValueError(f"committee must be one of {COMMITTEE_MODES}, got {committee!r}")
         if monitor_every < 0 or (monitor is not None and monitor_every == 0):
@@ -160,10 +220,9 @@ class Driver:
         self.exit_file = exit_file
         self.max_atoms = max_atoms
         self.on_step = on_step
-        per_element = model.metadata.get("monitors", {}).get("mahalanobis", {}).get("per_element", {})
-        self.t2_threshold = max((v["empirical"] for v in per_element.values()), default=np.inf)
-        d_elements = model.metadata.get("monitors", {}).get("d_min", {}).get("per_element", {})
-        self.d_min_threshold = max((v["empirical"] for v in d_elements.values()), default=np.inf)
+        self.thresholds = domain_thresholds(model)
+        self.safety = SafetyPolicy(self.thresholds, close_contact=close_contact, ood_warnings=ood_warnings,
+                                   dump_path=dump_path, report=lambda kind, message: log.warning("%s", message))
         self.initialised = False
         self.reply: Optional[bytes] = None
         self.positions: Optional[np.ndarray] = None
@@ -177,17 +236,20 @@ class Driver:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
-        """Serve until i-PI sends EXIT. Raises ServerGoneError, ProtocolError, Interrupted."""
+        """Serve until i-PI sends EXIT. Raises ServerGoneError (ServerTimeoutError when i-PI stalls),
+        ProtocolError (also for i-PI's batched protocol), InvalidStructureError /
+        UnknownElementError (a structure the model cannot evaluate), Interrupted."""
         client = self.client
         while True:
-            message = wire.decode_header(client.recv(wire.HEADER_LEN))
+            message = wire.decode_header(client.recv(wire.HEADER_LEN))  # no message: between messages
             if message == Message.STATUS:
                 status = Message.HAVEDATA if self.reply is not None else (
                     Message.READY if self.initialised else Message.NEEDINIT)
                 client.send(wire.encode_header(status))
             elif message == Message.INIT:
-                self.index, length = wire.decode_init_prefix(client.recv(wire.INIT_PREFIX_LEN))
-                self.init_string = bytes(client.recv(length)) if length else b""
+                self.index, length = wire.decode_init_prefix(client.recv(wire.INIT_PREFIX_LEN, message))
+                self.init_string = bytes(client.recv(length, message)) if length else b""
+                _refuse_batched_protocol(self.init_string)
                 self.initialised = True
             elif message == Message.POSDATA:
                 started = time.perf_counter()
@@ -209,10 +271,11 @@ class Driver:
 
     def _posdata(self) -> None:
         expected = -1 if self.numbers is None else len(self.numbers)
-        cell, n = wire.decode_posdata_prefix(self.client.recv(wire.POSDATA_PREFIX_LEN), expected, self.max_atoms)
+        prefix = self.client.recv(wire.POSDATA_PREFIX_LEN, Message.POSDATA)
+        cell, n = wire.decode_posdata_prefix(prefix, expected, self.max_atoms)
         if self.positions is None or len(self.positions) != n:
             self.positions = np.empty((n, 3), dtype=np.float64)
-        wire.decode_positions(self.client.recv(24 * n), n, out=self.positions)
+        wire.decode_positions(self.client.recv(24 * n, Message.POSDATA), n, out=self.positions)
         if self.numbers is None:
             self.numbers = np.full(n, self.evaluator.model.atomic_numbers[0], dtype=np.int64)
         monitors = self.monitor_every > 0 and self.steps % self.monitor_every == 0
@@ -248,14 +311,17 @@ class Driver:
                 f"{100 * outside:.1f}% of it outside the model")
 
     def _observe(self, cell, pred) -> None:
-        if self.monitor is None:
-            return
+        """The safety policy, then the monitor rules; a halt of either asks i-PI to stop."""
         import ase
 
-        atoms = ase.Atoms(numbers=self.numbers, positions=self.positions, cell=cell, pbc=True)
+        def frame() -> ase.Atoms:
+            return ase.Atoms(numbers=self.numbers, positions=self.positions, cell=cell, pbc=True)
+
         try:
-            self.monitor.observe(atoms, pred, step=self.steps)
-        except ExtrapolationHalt as halt:
+            self.safety.observe(pred, frame, step=self.steps)
+            if self.monitor is not None:
+                self.monitor.observe(frame(), pred, step=self.steps)
+        except (ExtrapolationHalt, CloseContactHalt) as halt:
             if not self.halt_requested:
                 self.halt_requested = True
                 log.warning("halting: %s", halt)
@@ -280,10 +346,10 @@ class Driver:
             extras["force_sigma_max"] = float(pred.force_sigma.max())
         if pred.mahalanobis is not None:
             extras["mahalanobis_max"] = float(pred.mahalanobis.max())
-            flagged = np.flatnonzero(pred.mahalanobis > self.t2_threshold)
+            flagged = np.flatnonzero(pred.mahalanobis > self.thresholds.mahalanobis)
         if pred.d_min is not None:
             extras["d_min_max"] = float(pred.d_min.max())
-            flagged = np.union1d(flagged, np.flatnonzero(pred.d_min > self.d_min_threshold))
+            flagged = np.union1d(flagged, np.flatnonzero(pred.d_min > self.thresholds.d_min))
         if pred.min_distance_ratio is not None:
             extras["min_distance_ratio_min"] = float(pred.min_distance_ratio.min())
             flagged = np.union1d(flagged, np.flatnonzero(pred.min_distance_ratio < 1.0))
@@ -292,8 +358,11 @@ class Driver:
 
 
 def serve(driver: Driver) -> int:
-    """Connect, run the driver until EXIT, and always close the socket. Returns an exit code:
-    0 after EXIT, 1 when the server vanished or spoke nonsense, 128 + signal when killed."""
+    """Connect, run the driver until EXIT, and always close the socket. Returns an exit code
+    (the README's table): 0 after EXIT; 1 when the server could not be reached, vanished, spoke
+    nonsense (or the batched protocol), sent a structure the model cannot evaluate, or sent
+    nothing for the client's ``timeout``; 128 + signal after SIGTERM / SIGINT. Each failure is
+    logged as one line."""
     client = driver.client
 
     def on_signal(signum, frame):  # noqa: ARG001
@@ -311,6 +380,9 @@ def serve(driver: Driver) -> int:
         return 1
     except ProtocolError as exc:
         log.error("protocol error: %s (after %d steps)", exc, driver.steps)
+        return 1
+    except (InvalidStructureError, UnknownElementError) as exc:
+        log.error("i-PI sent a structure the model cannot evaluate: %s (after %d steps)", exc, driver.steps)
         return 1
     except Interrupted as exc:
         log.error("%s: closing the connection (after %d steps)", exc, driver.steps)

@@ -34,6 +34,7 @@ message; no input makes the codec crash or read out of bounds.
 from __future__ import annotations
 
 import enum
+import re
 
 import numpy as np
 
@@ -54,6 +55,7 @@ __all__ = [
     "encode_header",
     "decode_init_prefix",
     "encode_init",
+    "init_batch_size",
     "decode_posdata_prefix",
     "decode_positions",
     "posdata_size",
@@ -152,6 +154,28 @@ def encode_init(index: int, init: bytes | str = b"") -> bytes:
         return _core.ipi_encode_init(index, init)
     except (ValueError, TypeError) as exc:
         raise ProtocolError(str(exc)) from None
+
+
+_BATCH_TOKEN = re.compile(rb"(?:^|[\s,])batch_size:([^\s,]*)")
+
+
+def init_batch_size(init: bytes | str) -> int:
+    """The batch size i-PI announces in an INIT string: N of a ``batch_size:N`` token (i-PI
+    appends ``" batch_size:N"``, after a comma when there are other parameters, for
+    ``<batch_size> N </batch_size>`` > 1 in an ``<ffsocket>``), or 1 when there is none.
+
+    Raises ProtocolError for a token whose value is not a whole number >= 1.
+    """
+    if isinstance(init, str):
+        init = init.encode("utf-8")
+    match = _BATCH_TOKEN.search(bytes(init))
+    if match is None:
+        return 1
+    token = match.group(0).strip(b" \t\r\n\f\v,").decode("ascii", "backslashreplace")
+    text = token[len("batch_size:"):]
+    if not text.isdigit() or int(text) < 1:
+        raise ProtocolError(f"INIT: malformed token '{token}' in the init string (i-PI sends batch_size:N, N >= 1)")
+    return int(text)
 
 
 def decode_posdata_prefix(

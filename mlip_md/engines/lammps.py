@@ -51,7 +51,7 @@ __all__ = [
 PLUGIN_NAME = "mlip_lammps_plugin"
 PLUGIN_FILE = PLUGIN_NAME + ".so"  # the loader `plugin load` opens (lammps_interface/src/plugin_loader.cpp)
 PLUGIN_IMPL_FILE = PLUGIN_NAME + "_impl.so"  # the plugin proper, next to it
-PLUGIN_CORE_SOURCES = ("power_spectrum.cpp", "mlp_readout.cpp")
+PLUGIN_CORE_SOURCES = ("power_spectrum.cpp", "mlp_readout.cpp", "repulsion.cpp")
 
 
 class PluginBuildError(RuntimeError):

@@ -10,7 +10,9 @@ A call is: C forward (raw features [n_local, D] and the density workspace) ->
 ``module.evaluate_features`` (energies, dE/d features, monitors; on calls without monitors
 and force sigma the C readout of :mod:`.native_readout` instead) -> one C backward over the
 mean row and, with ``force_sigma``, the K member rows -> ``edge_grad`` [E, 3] and
-``member_edge_grad`` [K, E, 3]. Same keys, units (eV, Å) and shapes as
+``member_edge_grad`` [K, E, 3] -> the model's short-range repulsion (metadata block
+``repulsion``, :mod:`.repulsion`) added by the C core to the energies and every gradient row.
+Same keys, units (eV, Å) and shapes as
 :meth:`ExportedModel.__call__ <mlip_md.model.io.ExportedModel.__call__>`.
 
 The kernel is CPU-only and needs a model file with a ``descriptor`` block in its metadata and
@@ -28,6 +30,7 @@ import torch
 from ..errors import ModelFileError, UnknownElementError
 from .io import ExportedModel
 from .native_readout import native_readout as make_native_readout
+from .repulsion import NativeRepulsion, check_module_matches, read_repulsion, repulsion_unsupported_reason
 
 DESCRIPTOR_KIND = "power_spectrum"
 DESCRIPTOR_VERSION = 1
@@ -39,10 +42,10 @@ class FusedModelError(ModelFileError, ValueError):
 
 
 def _kernel():
-    """The compiled core if it carries the power-spectrum kernel, else None."""
+    """The compiled core if it carries the power-spectrum kernel (and the repulsion), else None."""
     from .._native import core
 
-    if hasattr(core, "power_spectrum_forward") and hasattr(core, "power_spectrum_backward"):
+    if all(hasattr(core, name) for name in ("power_spectrum_forward", "power_spectrum_backward", "Repulsion")):
         return core
     return None
 
@@ -64,14 +67,18 @@ def fused_unsupported_reason(model, device: Optional[str] = None) -> Optional[st
     descriptor = model.metadata.get("descriptor")
     if not isinstance(descriptor, dict):
         return (f"model file {model.path} has no descriptor block in its metadata (written by an older "
-                "mlip_md); re-export it with mlip_md.model.io.reexport(old, new), or use fused=False (--no-fused)")
+                "mlip_md); re-export it with `mlip-md upgrade old.pt -o new.pt` (mlip_md.model.io.reexport), "
+                "or use fused=False (--no-fused)")
     if descriptor.get("kind") != DESCRIPTOR_KIND or descriptor.get("version") != DESCRIPTOR_VERSION:
         return (f"model file {model.path} uses descriptor {descriptor.get('kind')!r} version "
                 f"{descriptor.get('version')!r}; the fused kernel implements {DESCRIPTOR_KIND!r} version "
                 f"{DESCRIPTOR_VERSION} only: use fused=False (--no-fused)")
     if model.module is None or not hasattr(model.module, "evaluate_features"):
         return (f"model file {model.path} has no evaluate_features method (written by an older mlip_md); "
-                "re-export it with mlip_md.model.io.reexport(old, new), or use fused=False (--no-fused)")
+                "re-export it with `mlip-md upgrade old.pt -o new.pt` (mlip_md.model.io.reexport), or use fused=False (--no-fused)")
+    reason = repulsion_unsupported_reason(model.metadata)
+    if reason is not None:
+        return f"model file {model.path}: {reason}; use fused=False (--no-fused)"
     if _kernel() is None:
         return ("mlip_md's compiled core was built without the power-spectrum kernel; rebuild it "
                 "(pip install -e . or python setup.py build_ext --inplace), or use fused=False (--no-fused)")
@@ -116,6 +123,10 @@ class FusedModel(ExportedModel):
         #: the C readout (section 7 of mlip_md.h) used on calls without monitors and force sigma;
         #: None when disabled or the model's readout is not an ensemble of MLPs
         self.native_readout = make_native_readout(model) if native_readout else None
+        params = read_repulsion(self.metadata, self.path)
+        check_module_matches(self.module, params, self.path)
+        #: the model's short-range repulsion in the C core, None when the file has none
+        self.repulsion = NativeRepulsion(params) if params is not None else None
 
     @classmethod
     def load(cls, path=None, device: str = "cpu") -> "FusedModel":
@@ -171,6 +182,8 @@ class FusedModel(ExportedModel):
             rows = feature_grad
         grads = self.kernel.power_spectrum_backward(self.params, index, pairs, vectors, density,
                                                     np.ascontiguousarray(rows.numpy()), n_local)
+        if self.repulsion is not None:  # its energies and gradients (every row), from the C core
+            self.repulsion.add_energies(out, self.repulsion.accumulate(index, pairs, vectors, n_local, grads))
         grads = torch.from_numpy(grads)
         if member_grad is not None:
             out["edge_grad"] = grads[0]
@@ -185,7 +198,7 @@ class FusedModel(ExportedModel):
         """Energies, forces and virial of a structure whose atoms are all centres, without
         monitors: one C pass over blocks of centres (forward, C readout, and a backward that
         accumulates F_i += g_ij, F_j -= g_ij and W = -sum r_ij (x) g_ij in its edge loop, reusing
-        each centre's basis; no edge gradients are stored). Returns
+        each centre's basis; no edge gradients are stored), plus the short-range repulsion. Returns
         ``atomic_energy`` [n], ``energy``, ``energy_members`` [K, n] (eV, model dtype),
         ``forces`` [n, 3] (eV/Å) and ``virial`` [3, 3] (eV), float64. Needs the C readout
         (:attr:`native_readout` not None)."""
@@ -193,7 +206,12 @@ class FusedModel(ExportedModel):
             raise FusedModelError(f"model {self.path} has no C readout (uq {self.metadata.get('uq')!r}); "
                                   "call the model and assemble its edge gradients instead")
         index, pairs, vectors = self._kernel_inputs(species, edge_index, edge_vectors)
-        return self.native_readout.energy_and_forces(self.params, index, pairs, vectors, n_atoms)
+        out = self.native_readout.energy_and_forces(self.params, index, pairs, vectors, n_atoms)
+        if self.repulsion is not None:
+            energy = self.repulsion.accumulate(index, pairs, vectors, n_atoms, forces=out["forces"].numpy(),
+                                               virial=out["virial"].numpy())
+            self.repulsion.add_energies(out, energy)
+        return out
 
 
 def maybe_fused(model: ExportedModel, fused: Optional[bool]) -> ExportedModel:

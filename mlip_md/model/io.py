@@ -21,6 +21,7 @@ from .. import __version__
 from .._atomic import atomic_path
 from ..errors import ModelFileError
 from .potential import MLIPotential, ModelConfig
+from .repulsion import clear_repulsion, fit_repulsion, has_repulsion, metadata_block
 
 METADATA_NAME = "mlip_md.json"
 FORMAT_NAME = "mlip_md.model"
@@ -32,7 +33,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 #: buffers added after format version 1 was fixed; files without them still load
-OPTIONAL_BUFFERS = ("reference_features", "reference_count", "kernel_length", "bll_factor", "energy_variance_floor")
+OPTIONAL_BUFFERS = ("reference_features", "reference_count", "kernel_length", "bll_factor", "energy_variance_floor",
+                    "repulsion_inner", "repulsion_outer")
 
 
 def default_model_path() -> Path:
@@ -81,6 +83,8 @@ def build_metadata(module: MLIPotential, dtype: str, extra: Optional[Dict[str, A
             "force_variance_scale": float(module.force_variance_scale),
         },
         "monitors": {"pair_min_distance": _pair_min_distances(module, numbers)},
+        # the short-range repulsion (mlip_md.model.repulsion), for hosts that evaluate it in C++
+        "repulsion": metadata_block(module),
         "provenance": {},
         "units": dict(UNITS),
     }
@@ -168,6 +172,32 @@ def check_metadata(meta: dict, path: PathLike) -> None:
             raise ModelFileError(f"{path}: metadata lacks {key!r}; re-export the model")
 
 
+#: argument types (after self) and return type of the contract methods hosts call
+CONTRACT_METHODS = {
+    "evaluate": (["Tensor", "Tensor", "Tensor", "int", "bool", "bool"], "Dict[str, Tensor]"),
+    "evaluate_features": (["Tensor", "Tensor", "Tensor", "Tensor", "int", "bool", "bool"], "Dict[str, Tensor]"),
+}
+
+
+def _check_contract_methods(module: torch.jit.ScriptModule, meta: dict, path: PathLike) -> None:
+    """Raise ModelFileError unless ``module`` has ``evaluate`` (and ``evaluate_features`` when the
+    metadata has a descriptor block) with the contract's signature: a foreign TorchScript module
+    carrying copied mlip_md metadata is refused at load time, not at its first call."""
+    required = ["evaluate"] + (["evaluate_features"] if isinstance(meta.get("descriptor"), dict) else [])
+    for name in required:
+        arguments, returns = CONTRACT_METHODS[name]
+        if not module._c._has_method(name):
+            raise ModelFileError(f"model file {path} carries mlip_md metadata but its TorchScript module has no {name} method "
+                                 "(not a model exported by mlip_md, or a damaged one); re-export the model with "
+                                 "mlip_md.model.save_model or mlip-md train")
+        schema = module._c._get_method(name).schema
+        found = ([str(a.type) for a in schema.arguments[1:]], [str(r.type) for r in schema.returns])
+        if found != (arguments, [returns]):
+            raise ModelFileError(f"model file {path}: its {name} method has the signature ({', '.join(found[0])}) -> "
+                                 f"{', '.join(found[1])}, not the contract's ({', '.join(arguments)}) -> {returns}; "
+                                 "re-export the model with mlip_md.model.save_model or mlip-md train")
+
+
 class ExportedModel:
     """A loaded model file: the TorchScript module, its metadata and the device it lives on.
 
@@ -192,6 +222,7 @@ class ExportedModel:
         except Exception as exc:  # torch raises RuntimeError subclasses with long traces
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"could not load TorchScript model {path}: {first}; re-export it") from exc
+        _check_contract_methods(module, meta, path)
         module.eval()
         model = cls(module, meta, path)
         model.device = torch.device(device)
@@ -303,10 +334,23 @@ def load_potential(path: PathLike) -> MLIPotential:
     return module.to(torch.float64)
 
 
-def reexport(path: PathLike, output: PathLike) -> Path:
+def reexport(path: PathLike, output: PathLike, repulsion: Optional[bool] = True) -> Path:
     """Re-script a model file with this version's code, keeping weights, statistics and
-    metadata (calibration, monitors, provenance): gives older files the newer buffers."""
+    metadata (calibration, monitors, provenance): gives older files the newer buffers.
+
+    ``repulsion``: True adds the short-range repulsion (:mod:`mlip_md.model.repulsion`, radii
+    from the file's closest training distances) to a file without one, False removes it, None
+    keeps the file's (none for files older than it). In-domain results are unchanged."""
     meta = read_metadata(path)
-    keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "mlip_md_version", "created")}
-    return save_model(load_potential(path), output, dtype=meta["dtype"], metadata=keep)
+    drop = ("format", "format_version", "mlip_md_version", "created", "repulsion")
+    keep = {k: v for k, v in meta.items() if k not in drop}
+    module = load_potential(path)
+    if repulsion is True and not has_repulsion(module):
+        fit_repulsion(module)
+    elif repulsion is False:
+        clear_repulsion(module)
+    if repulsion is not None:
+        module.config.repulsion = bool(repulsion)
+        keep["model_config"] = dict(keep.get("model_config", {}), repulsion=bool(repulsion))
+    return save_model(module, output, dtype=meta["dtype"], metadata=keep)
 

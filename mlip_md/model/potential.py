@@ -12,12 +12,13 @@ All energies are eV, lengths Å. Forces and virial are assembled by the host fro
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from .descriptor import PowerSpectrum
 from .readout import EnsembleReadout
+from .repulsion import repulsion_atomic_energy
 
 MAX_ATOMIC_NUMBER = 118
 UQ_METHODS = ("ensemble", "bll", "evidential")
@@ -38,6 +39,9 @@ class ModelConfig:
     #: is exported as 2 (H + 1) S symmetric sigma points) or "evidential" (Normal-Inverse-Gamma
     #: head of one network)
     uq: str = "ensemble"
+    #: add the short-range ZBL repulsion (mlip_md.model.repulsion) when the training statistics
+    #: are fitted: zero on the training data, a physical wall below the closest trained distance
+    repulsion: bool = True
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -62,6 +66,11 @@ class MLIPotential(torch.nn.Module):
       of r_ij / smallest r seen in training for that element pair; < 1 means closer than ever
       seen), d_min [n] (kernel distance to the training reference set, when fitted), and
       ``member_edge_grad`` [K, E, 3] when requested through ``evaluate``.
+
+    Energies and gradients of ``evaluate`` include the short-range repulsion
+    (:mod:`mlip_md.model.repulsion`: ZBL below the closest trained distance of each element pair,
+    half of each pair's energy to each atom, the same in every member; buffers
+    ``repulsion_inner`` / ``repulsion_outer``, zero = none).
     """
 
     def __init__(self, config: ModelConfig):
@@ -110,6 +119,10 @@ class MLIPotential(torch.nn.Module):
         self.register_buffer("domain_mean", torch.zeros(len(numbers), n_features))
         self.register_buffer("domain_precision", torch.zeros(len(numbers), n_features, n_features))
         self.register_buffer("pair_min_distance", torch.zeros(len(numbers), len(numbers)))
+        # Short-range repulsion (mlip_md.model.repulsion): ZBL switched off between r_inner and
+        # r_outer (Å, per element pair); all zero = none (set by mlip_md.train.fit)
+        self.register_buffer("repulsion_inner", torch.zeros(len(numbers), len(numbers)))
+        self.register_buffer("repulsion_outer", torch.zeros(len(numbers), len(numbers)))
         # Kernel-distance reference environments per element (see mlip_md.domain.kernel);
         # empty until fitted, then d_min is among the outputs.
         self.register_buffer("reference_features", torch.zeros(len(numbers), 0, n_features))
@@ -237,6 +250,22 @@ class MLIPotential(torch.nn.Module):
         nearest_ratio = inf.scatter_reduce(0, edge_index[0], ratio, reduce="amin", include_self=True)
         return nearest, nearest_ratio
 
+    def repulsion_energy(
+        self,
+        species_index: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_local: int,
+    ) -> torch.Tensor:
+        """Per-centre energy [n_local] (eV) of the short-range repulsion (zeros without one;
+        differentiable with respect to ``edge_vectors``)."""
+        max_radius = float(self.repulsion_outer.max())
+        if max_radius <= 0.0:
+            return torch.zeros((n_local,), dtype=edge_vectors.dtype, device=edge_vectors.device)
+        charges = self.atomic_numbers.to(edge_vectors.dtype)
+        return repulsion_atomic_energy(charges, self.repulsion_inner, self.repulsion_outer, species_index, edge_index,
+                                       edge_vectors, n_local, max_radius)
+
     def _check_call(self, species: torch.Tensor, n_local: int) -> None:
         """Errors shared by the contract calls: grad mode off, n_local out of range."""
         if not torch.is_grad_enabled():
@@ -277,8 +306,9 @@ class MLIPotential(torch.nn.Module):
         else:
             vectors = edge_vectors.detach().requires_grad_(True)
         features = self.standardised_features(species_index, edge_index, vectors, n_local)
+        pair_energy = self.repulsion_energy(species_index, edge_index, vectors, n_local)
         return self._outputs(species_index, features, vectors, "edge_grad", edge_index, edge_vectors, n_local,
-                             compute_monitors, compute_force_sigma)
+                             compute_monitors, compute_force_sigma, pair_energy)
 
     @torch.jit.export
     def evaluate_features(
@@ -299,6 +329,11 @@ class MLIPotential(torch.nn.Module):
         are only read by the contact-distance monitors. Returns the keys of ``evaluate`` with
         ``feature_grad`` [n_local, D] (dE/d raw_features, eV) instead of ``edge_grad``, and
         ``member_feature_grad`` [K, n_local, D] instead of ``member_edge_grad``.
+
+        The short-range repulsion (a pair term of the edges, metadata block ``repulsion``) is
+        NOT in these energies: the host adds it with the C core (``mlip_repulsion_*``, as
+        :class:`mlip_md.model.fused.FusedModel` and the LAMMPS plugin do), energies to
+        atomic_energy and every member, gradients to every edge-gradient row.
         """
         self._check_call(species, n_local)
         if raw_features.dtype != self.feature_mean.dtype:
@@ -311,7 +346,7 @@ class MLIPotential(torch.nn.Module):
         raw = raw_features.detach().requires_grad_(True)
         features = (raw - self.feature_mean) / self.feature_scale
         return self._outputs(species_index, features, raw, "feature_grad", edge_index, edge_vectors, n_local,
-                             compute_monitors, compute_force_sigma)
+                             compute_monitors, compute_force_sigma, None)
 
     def _outputs(
         self,
@@ -324,13 +359,17 @@ class MLIPotential(torch.nn.Module):
         n_local: int,
         compute_monitors: bool,
         compute_force_sigma: bool,
+        pair_energy: Optional[torch.Tensor],
     ) -> Dict[str, torch.Tensor]:
         """Energies, gradients with respect to ``target`` (edge vectors or raw features, output
         key ``grad_name`` and ``"member_" + grad_name``) and monitors from the standardised
-        features [n_local, D]."""
+        features [n_local, D]; ``pair_energy`` [n_local] (the repulsion, a function of
+        ``target``) is added to every member."""
         local_species = species_index[:n_local]
         heads = self.heads(features, local_species)
         members = heads["members"]  # [K, n]
+        if pair_energy is not None:
+            members = members + pair_energy.unsqueeze(0)
         atomic_energy = members.mean(dim=0)
         total = atomic_energy.sum()
         grads = torch.autograd.grad(

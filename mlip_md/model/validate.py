@@ -6,7 +6,9 @@ elements and returns a report; ``mlip-md check m.pt`` prints it and exits non-ze
 Checks: output keys/shapes, forces = -dE/dr (central differences), stress = (1/V) dE/dstrain,
 rotation / translation / permutation invariance, independence of edge order, ghost atoms
 (explicit periodic images as non-local atoms give the periodic result, as in LAMMPS),
-supercell consistency (E(2x2x2) = 8 E), and smoothness when a neighbour crosses the cutoff.
+supercell consistency (E(2x2x2) = 8 E), smoothness when a neighbour crosses the cutoff, and,
+for models with a short-range repulsion (:mod:`mlip_md.model.repulsion`), forces = -dE/dr inside
+its switch region and below it and a repulsive wall, for every element pair.
 """
 from __future__ import annotations
 
@@ -24,10 +26,13 @@ from scipy.spatial.transform import Rotation
 from ..neighbors import neighbor_list
 from .io import ExportedModel, load_model
 
-#: absolute tolerances per dtype: (energy eV, force eV/Å, stress eV/Å^3, invariance eV)
+#: absolute tolerances per dtype: (energy eV, force eV/Å, stress eV/Å^3, invariance eV); for the
+#: repulsion region relative ones (fd_relative) with their finite-difference step (fd_step, Å)
 TOLERANCES = {
-    torch.float64: {"fd_force": 1e-6, "fd_stress": 1e-7, "energy": 1e-9, "force": 1e-9, "smooth": 1e-6},
-    torch.float32: {"fd_force": 5e-2, "fd_stress": 5e-3, "energy": 2e-3, "force": 2e-4, "smooth": 2e-3},
+    torch.float64: {"fd_force": 1e-6, "fd_stress": 1e-7, "energy": 1e-9, "force": 1e-9, "smooth": 1e-6,
+                    "fd_relative": 1e-7, "fd_step": 1e-5},
+    torch.float32: {"fd_force": 5e-2, "fd_stress": 5e-3, "energy": 2e-3, "force": 2e-4, "smooth": 2e-3,
+                    "fd_relative": 2e-2, "fd_step": 1e-2},
 }
 
 
@@ -244,6 +249,35 @@ class _Checker:
         f = self.predictor.predict_atoms(dimer(rc - 1e-3), monitors=False).forces
         self.add("cutoff: force vanishes at r_c", float(np.abs(f).max()), self.tol["smooth"])
 
+    def repulsion_region(self) -> None:
+        """Dimers of every element pair inside the repulsion's switch (halfway between r_inner
+        and r_outer) and below it (0.8 r_inner): the force equals -dE/dr (central differences,
+        relative to the force: up to hundreds of eV/Å there), and the wall is repulsive
+        (E(r_inner / 2) > E(r_outer))."""
+        block = self.model.metadata.get("repulsion") or {}
+        numbers = block.get("atomic_numbers", [])
+        direction = np.array([0.48, -0.64, 0.6])  # unit length, off the axes
+        step = self.tol["fd_step"]
+        worst, where, wall = 0.0, "", np.inf
+        for a, za in enumerate(numbers):
+            for b in range(a, len(numbers)):
+                zb = numbers[b]
+                r_in, r_out = float(block["r_inner"][a][b]), float(block["r_outer"][a][b])
+
+                def dimer(r: float) -> ase.Atoms:
+                    return ase.Atoms(numbers=[za, zb], positions=[[0, 0, 0], r * direction], pbc=False)
+
+                for r in (0.5 * (r_in + r_out), 0.8 * r_in):
+                    force = self.predictor.predict_atoms(dimer(r), monitors=False).forces[1] @ direction
+                    fd = -(self.energy(dimer(r + step)) - self.energy(dimer(r - step))) / (2 * step)
+                    error = abs(fd - force) / max(1.0, abs(force))
+                    if error >= worst:
+                        worst, where = error, f"{za}-{zb} at {r:.3f} Å: F = {force:.4g} eV/Å"
+                wall = min(wall, self.energy(dimer(0.5 * r_in)) - self.energy(dimer(r_out)))
+        self.add("repulsion: forces = -dE/dr (FD)", worst, self.tol["fd_relative"], f"relative; worst {where}")
+        self.add("repulsion: wall E(r_in/2) > E(r_out)", 0.0 if wall > 0 else 1.0, 0.0,
+                 f"smallest rise {wall:.4g} eV")
+
 
 def validate_model(
     model: Union[str, Path, ExportedModel, None] = None,
@@ -263,4 +297,6 @@ def validate_model(
     checker.run("rotation/translation", checker.rotation_translation)
     checker.run("permutation", checker.permutation)
     checker.run("cutoff smoothness", checker.cutoff_smoothness)
+    if (model.metadata.get("repulsion") or {}).get("kind") == "zbl":
+        checker.run("repulsion region", checker.repulsion_region)
     return ValidationReport(str(model.path), checker.checks)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
@@ -14,6 +15,7 @@ import ase.io
 import numpy as np
 import torch
 
+from ..errors import LabelledDataError, NonFiniteLabelsWarning
 from ..neighbors import neighbor_list
 
 
@@ -61,23 +63,97 @@ class Batch:
         return Batch(**{f.name: conv(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
-def read_structures(path: Union[str, Path], index: str = ":") -> List[ase.Atoms]:
-    """Read labelled structures; each must carry energy and forces (e.g. extxyz)."""
+#: how a user leaves out structures with non-finite labels (named in the errors)
+DROP_HINT = "pass --drop-nonfinite (Python: read_structures(..., drop_nonfinite=True)) to leave such frames out"
+
+
+def read_structures(path: Union[str, Path], index: str = ":", drop_nonfinite: bool = False) -> List[ase.Atoms]:
+    """Read labelled structures; each must carry energy and forces (e.g. extxyz) and every label
+    must be finite (see :func:`check_frames`; ``drop_nonfinite`` leaves such frames out with one
+    :class:`NonFiniteLabelsWarning` listing them)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
     frames = ase.io.read(path, index=index)
     if isinstance(frames, ase.Atoms):
         frames = [frames]
-    for k, atoms in enumerate(frames):
-        if atoms.calc is None:
-            raise ValueError(f"{path}: frame {k} has no energy/forces labels")
+    return check_frames(list(frames), str(path), drop_nonfinite)
+
+
+def missing_labels(atoms: ase.Atoms) -> Optional[str]:
+    """Why ``atoms`` cannot be trained on for lack of labels (no energy, no forces), or None."""
+    if atoms.calc is None:
+        return "no energy/forces labels"
+    for name, get in (("energy", atoms.get_potential_energy), ("forces", atoms.get_forces)):
         try:
-            atoms.get_potential_energy()
-            atoms.get_forces()
+            get()
         except Exception as exc:
-            raise ValueError(f"{path}: frame {k} lacks energy or forces ({exc})") from exc
-    return list(frames)
+            return f"no {name} label ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _atom_list(indices: np.ndarray, shown: int = 5) -> str:
+    text = ", ".join(str(int(i)) for i in indices[:shown])
+    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
+    return f"atom{'s' if len(indices) > 1 else ''} {text}{more}"
+
+
+def nonfinite_labels(atoms: ase.Atoms) -> List[str]:
+    """The NaN/inf values training would read from ``atoms``: energy, forces (which atoms),
+    stress (fully periodic frames, where it is a training target), positions, cell. Empty when
+    every value is finite. ``atoms`` must carry energy and forces (see :func:`missing_labels`)."""
+    problems = []
+    energy = float(atoms.get_potential_energy())
+    if not np.isfinite(energy):
+        problems.append(f"energy is {energy}")
+    for name, values in (("forces", atoms.get_forces()), ("positions", atoms.positions)):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(values, dtype=float)).all(axis=1))
+        if bad.size:
+            problems.append(f"{name} of {_atom_list(bad)} are not finite")
+    stress = _stress_or_none(atoms)
+    if stress is not None and not np.isfinite(stress).all():
+        problems.append("stress is not finite")
+    if not np.isfinite(atoms.cell.array).all():
+        problems.append("cell is not finite")
+    return problems
+
+
+def check_frames(frames: Sequence[ase.Atoms], source: str, drop_nonfinite: bool = False) -> List[ase.Atoms]:
+    """``frames`` if every one carries finite energy and forces (and stress where used).
+
+    A frame without energy or forces raises :class:`LabelledDataError`. Frames with non-finite
+    values raise it too, naming every such frame (counted from 0, as ``ase.io.read(path, index=k)``)
+    and the label at fault, or, with ``drop_nonfinite``, are left out with one
+    :class:`NonFiniteLabelsWarning` listing them. ``source`` names the data in messages.
+    """
+    frames = list(frames)
+    bad = []
+    for k, atoms in enumerate(frames):
+        reason = missing_labels(atoms)
+        if reason is not None:
+            raise LabelledDataError(
+                f"{source}: frame {k} (counted from 0) has {reason}; label it (extxyz: energy=... in the "
+                "comment line and a forces column in Properties) or remove it")
+        problems = nonfinite_labels(atoms)
+        if problems:
+            bad.append((k, problems))
+    if not bad:
+        return frames
+    details = "; ".join(f"frame {k}: {', '.join(p)}" for k, p in bad[:10])
+    more = f"; {len(bad) - 10} more" if len(bad) > 10 else ""
+    listing = f"({details}{more}; frames counted from 0)"
+    ids = ", ".join(str(k) for k, _ in bad[:50]) + (", ..." if len(bad) > 50 else "")
+    which = f"{len(bad)} of {len(frames)} frames"
+    plural = "s" if len(bad) > 1 else ""
+    if not drop_nonfinite:
+        raise LabelledDataError(f"{source}: non-finite values in {which} {listing}; remove frame{plural} {ids} "
+                                f"or {DROP_HINT}")
+    if len(bad) == len(frames):
+        raise LabelledDataError(f"{source}: non-finite values in every frame {listing}; nothing left to use")
+    warnings.warn(f"{source}: left out {which} with non-finite values: frame{plural} {ids} {listing}",
+                  NonFiniteLabelsWarning, stacklevel=2)
+    dropped = {k for k, _ in bad}
+    return [atoms for k, atoms in enumerate(frames) if k not in dropped]
 
 
 def dataset_hash(frames: Sequence[ase.Atoms]) -> str:

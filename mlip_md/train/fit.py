@@ -12,6 +12,7 @@ from ..model.assemble import member_forces_from_edge_grad
 from ..domain.kernel import fit_reference_set
 from ..domain.mahalanobis import fit_mahalanobis, t_squared
 from ..model.potential import MLIPotential
+from ..model.repulsion import clear_repulsion, fit_repulsion
 from .data import LabelledGraph, collate
 
 
@@ -69,7 +70,8 @@ def fit_domain_statistics(
     reference_size: int = 256,
 ) -> Dict[str, object]:
     """Per-element mean and regularised precision of the standardised features, the smallest
-    distance seen for every element pair, and the kernel-distance reference set. Thresholds for
+    distance seen for every element pair (and from it the short-range repulsion's radii, when
+    ``model.config.repulsion``), and the kernel-distance reference set. Thresholds for
     T^2: the chi^2 quantile with the effective degrees of freedom tr(Sigma_reg^-1 Sigma) (= D for
     an unshrunk, full-rank covariance) and the empirical quantile of the training set; for
     d_min: the quantile over held-out training environments."""
@@ -104,6 +106,11 @@ def fit_domain_statistics(
     unseen = ~torch.isfinite(closest)
     closest[unseen] = 0.0  # unseen pairs: no reference, ratio stays large
     model.pair_min_distance.copy_(closest)
+    # the short-range repulsion ends at these distances: zero on the training data
+    if model.config.repulsion:
+        fit_repulsion(model)
+    else:
+        clear_repulsion(model)
     refs, counts, length, d_thresholds = fit_reference_set(
         features.numpy(), species.numpy(), model.n_species, size=reference_size, quantile=quantile)
     model.reference_features = torch.as_tensor(refs, dtype=model.feature_mean.dtype)

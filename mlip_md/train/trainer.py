@@ -2,7 +2,13 @@
 then packed into one model evaluated in a single batched pass.
 
 Every epoch of every member is checkpointed atomically, so an interrupted run resumes where
-it stopped (``resume=True``) and gives the same result as an uninterrupted one.
+it stopped (``resume=True``) and gives the same result as an uninterrupted one. Checkpoints hold
+tensors and plain data only (dicts, lists, numbers, strings) and are loaded as data
+(``torch.load(..., weights_only=True)``): a checkpoint that would build other objects is refused.
+
+A member whose loss turns non-finite stops (its best finite epoch is kept); a member with no
+finite epoch, or a trained model with non-finite validation errors, raises TrainingError and
+writes no model (the checkpoints stay for inspection).
 """
 from __future__ import annotations
 
@@ -10,7 +16,10 @@ import copy
 import dataclasses
 import json
 import math
+import pickle
+import re
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -19,10 +28,11 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path, atomic_write_text
+from ..errors import CheckpointError, TrainingError
 from ..model.io import save_model
 from ..model.potential import MLIPotential, ModelConfig
 from ..uq.bll import fit_last_layer_posterior
-from .data import LabelledGraph, collate, dataset_hash, to_graph
+from .data import LabelledGraph, check_frames, collate, dataset_hash, to_graph
 from .fit import evaluate_errors, fit_domain_statistics, fit_normalisation
 from .loss import LossWeights, loss_terms, predict_batch, weighted_loss
 
@@ -75,6 +85,44 @@ def split_train_val(frames: Sequence[ase.Atoms], val_fraction: float, seed: int)
     val = [frames[i] for i in sorted(order[:n_val])]
     train = [frames[i] for i in sorted(order[n_val:])]
     return train, val
+
+
+#: what a member checkpoint holds (MemberTrainer.state)
+CHECKPOINT_KEYS = ("epoch", "readout", "optimizer", "scheduler", "best_val", "best_state", "bad_epochs", "history",
+                   "done")
+
+
+def _checkpoint_fix(path: Path) -> str:
+    return (f"delete {path} (that member then restarts from epoch 0) and run the same command with --resume, "
+            f"or delete {path.parent} and start without --resume")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A member checkpoint as plain data (tensors, dicts, lists, numbers, strings).
+
+    Loaded with ``weights_only=True``: a pickle that would build any other object (and could run
+    code while doing so) is refused with :class:`CheckpointError`, as is a truncated or corrupt
+    file or one without the keys of :data:`CHECKPOINT_KEYS`; every message names the file and
+    what to do."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" (it asks for {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain data{what}: refused, as loading it "
+            f"could run code (mlip_md never writes such checkpoints); {_checkpoint_fix(path)}") from None
+    except Exception as exc:  # truncated zip: OSError / RuntimeError from torch's reader
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupt: {type(exc).__name__}: {first}); "
+            f"{_checkpoint_fix(path)}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not an mlip_md member checkpoint (no {', '.join(missing)}); "
+                              f"{_checkpoint_fix(path)}")
+    return state
 
 
 class MemberTrainer:
@@ -135,16 +183,24 @@ class MemberTrainer:
     def restore(self) -> bool:
         if self.checkpoint is None or not self.checkpoint.exists():
             return False
-        state = torch.load(self.checkpoint, weights_only=False)
-        self.model.readout.load_state_dict(state["readout"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch = state["epoch"]
-        self.best_val = state["best_val"]
-        self.best_state = state["best_state"]
-        self.bad_epochs = state["bad_epochs"]
-        self.history = state["history"]
-        self.done = state["done"]
+        state = load_checkpoint(self.checkpoint)
+        try:
+            self.model.readout.load_state_dict(state["readout"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.epoch = int(state["epoch"])
+            self.best_val = float(state["best_val"])
+            self.best_state = state["best_state"]
+            shapes = {name: tuple(t.shape) for name, t in self.model.readout.state_dict().items()}
+            if {name: tuple(t.shape) for name, t in self.best_state.items()} != shapes:
+                raise ValueError("its best_state does not match the readout's parameters")
+            self.bad_epochs = int(state["bad_epochs"])
+            self.history = list(state["history"])
+            self.done = bool(state["done"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"checkpoint {self.checkpoint} does not fit this model ({first}); "
+                                  f"{_checkpoint_fix(self.checkpoint)}") from None
         return True
 
     # -------------------------------------------------------------- training
@@ -210,6 +266,8 @@ class MemberTrainer:
             self.history.append(record)
             if self.bad_epochs >= cfg.patience or lr < cfg.min_learning_rate:
                 self.done = True
+            if not (math.isfinite(train_loss) and math.isfinite(metrics["loss"])):
+                self.done = True  # diverged: the weights are no longer usable; best_state keeps the best epoch
             self.save()
             if progress is not None:
                 progress(record)
@@ -293,6 +351,7 @@ def _run_jobs(jobs: List[MemberJob], workers: int, progress_factory) -> list:
     manager = context.Manager()
     updates = manager.Queue()
     callbacks = {job.index: progress_factory(job.index, len(jobs)) for job in jobs} if progress_factory else {}
+    callbacks = {index: callback for index, callback in callbacks.items() if callback is not None}
     results = []
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = [pool.submit(run_member_job, job, _QueueProgress(updates, job.index)) for job in jobs]
@@ -309,6 +368,49 @@ def _run_jobs(jobs: List[MemberJob], workers: int, progress_factory) -> list:
         results = [f.result() for f in futures]
     manager.shutdown()
     return results
+
+
+def _kept_for_inspection(checkpoint_dir: Optional[Path]) -> str:
+    if checkpoint_dir is None:
+        return ""
+    return (f"; the checkpoints in {checkpoint_dir} are kept for inspection (delete the directory, or pass "
+            "another --checkpoint, to train again)")
+
+
+def _check_member_histories(histories: List[List[dict]], checkpoint_dir: Optional[Path]) -> Dict[int, int]:
+    """Raise TrainingError for a member without one epoch of finite training and validation loss;
+    warn about members that diverged after finite epochs (they keep their best epoch). Returns
+    {member: epoch at which it diverged}."""
+    diverged = {}
+    for k, history in enumerate(histories):
+        if not history or all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in history):
+            continue
+        last = history[-1]
+        if not any(math.isfinite(r["val_loss"]) for r in history):
+            raise TrainingError(
+                f"training diverged: member {k} never reached a finite validation loss (epoch {last['epoch']}: "
+                f"training loss {last['train_loss']:.3g}, validation loss {last['val_loss']:.3g}); no model written. "
+                "Lower the learning rate (--lr), train in --dtype float64, or look for extreme labels"
+                + _kept_for_inspection(checkpoint_dir))
+        diverged[k] = int(last["epoch"])
+        best = min((r for r in history if math.isfinite(r["val_loss"])), key=lambda r: r["val_loss"])
+        warnings.warn(f"member {k} diverged at epoch {last['epoch']} (non-finite loss); it keeps its best epoch "
+                      f"{best['epoch']} (validation loss {best['val_loss']:.4g}). A smaller --lr avoids this",
+                      RuntimeWarning, stacklevel=3)
+    return diverged
+
+
+def _check_finite_validation(validation: dict, output: Path, checkpoint_dir: Optional[Path]) -> None:
+    """Raise TrainingError (before anything is written) when any validation error is NaN/inf."""
+    bad = [f"ensemble mean {name}" for name, value in validation["mean"].items() if not math.isfinite(value)]
+    for k, member in enumerate(validation["members"]):
+        bad += [f"member {k} {name}" for name, value in member.items() if not math.isfinite(value)]
+    if bad:
+        raise TrainingError(
+            f"the trained model's validation errors are not finite ({', '.join(bad[:6])}"
+            f"{', ...' if len(bad) > 6 else ''}): training diverged or the data hold extreme values; "
+            f"{output} was not written. Lower the learning rate (--lr), train in --dtype float64, or check the "
+            "labels" + _kept_for_inspection(checkpoint_dir))
 
 
 def train_ensemble(
@@ -332,7 +434,8 @@ def train_ensemble(
     """
     output = Path(output)
     cutoff = model_config.cutoff
-    train_frames, val_frames = list(train_frames), list(val_frames)
+    train_frames = check_frames(train_frames, "training structures")
+    val_frames = check_frames(val_frames, "validation structures")
     train_graphs = [to_graph(a, cutoff) for a in train_frames]
     val_graphs = [to_graph(a, cutoff) for a in val_frames]
     elements = sorted({int(z) for a in train_frames + val_frames for z in a.numbers})
@@ -349,7 +452,11 @@ def train_ensemble(
         checkpoint_dir = Path(checkpoint_dir)
         run_file = checkpoint_dir / "run.json"
         if run_file.exists():
-            previous = json.loads(run_file.read_text())
+            try:
+                previous = json.loads(run_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"{run_file} is unreadable ({exc}); delete {checkpoint_dir} and start "
+                                      "without --resume") from None
             if not resume:
                 raise FileExistsError(
                     f"checkpoint directory {checkpoint_dir} holds a previous run; pass resume "
@@ -394,10 +501,12 @@ def train_ensemble(
             for name, tensor in ensemble.readout.state_dict().items():
                 tensor[:, k].copy_(readout_state[name][:, 0])
             histories.append(history)
+    diverged = _check_member_histories(histories, checkpoint_dir)
 
     uq_summary = fit_last_layer_posterior(ensemble, train_graphs) if model_config.uq == "bll" else {}
     domain = fit_domain_statistics(ensemble, train_graphs)
     validation = evaluate_errors(ensemble, val_graphs)
+    _check_finite_validation(validation, output, checkpoint_dir)
     report = {
         "output": str(output),
         "reference": reference,
@@ -405,6 +514,7 @@ def train_ensemble(
         "val_structures": len(val_graphs),
         "train_seconds": train_seconds,
         "epochs_per_member": [len(h) for h in histories],
+        "diverged_members": diverged,
         "normalisation": normalisation,
         "uq": {"method": model_config.uq, **uq_summary},
         "validation": validation,

@@ -31,6 +31,26 @@ by AIC (2 n NLL + 2 parameters), so a floor or a free dof is kept only when the 
 ``floor=False`` turns the floor off. Forces keep alpha alone: many components per structure,
 and their spread tracks their error (the force goal is met without a floor).
 
+Minimum sample sizes. A variance scale fitted to n independent samples has a relative standard
+error of sqrt(2 / n) (Gaussian residuals; heavier tails make it larger), and the calibrated sigma,
+sqrt(alpha), about half that, 1 / sqrt(2 n). From 1 structure alpha is uncertain by 141 %, from 2
+by 100 %: a fit from so few numbers is noise, so calibration refuses it
+(:class:`~mlip_md.errors.LabelledDataError`, naming how many samples each quantity needs):
+  energy alpha        >= 8 structures: alpha to +-50 %, sigma to +-25 % (one standard error),
+                      far better than the raw ensemble spread (off by 1.6x for forces, 6x for
+                      energies on the shipped model)
+  force alpha         >= 50 informative components: +-20 % on alpha were they independent; the
+                      components of one structure share its error, so we ask for more than the
+                      energy's 8 (8 structures of 3 atoms already have 72 components)
+  energy floor        >= 20 structures: a second variance parameter, told apart from alpha only by
+                      how sigma^2 / N varies between structures (10 samples per fitted parameter,
+                      the usual rule for maximum likelihood / AIC to be trusted)
+  fitted Student dof  >= 50 structures: the tail weight is set by the few largest |r| / sigma; at
+                      n = 50 only 2.5 samples are expected beyond the 95 % quantile
+The floor and a fitted dof are optional candidates (AIC decides whether to keep them): with fewer
+structures they are not tried, and the report says so (``skipped``); too few samples for alpha is
+an error.
+
 Metrics (for a set of residuals r and predicted scales s, z = |r| / s, quantiles q of the
 predictive distribution: Gaussian, or Student t):
   nll                   mean negative log-likelihood of r under the predictive distribution
@@ -52,12 +72,17 @@ import numpy as np
 from scipy import optimize, stats
 
 from .._atomic import atomic_path, atomic_write_text
+from ..errors import LabelledDataError
 from ..model.io import ExportedModel, load_model
 from ..predictor import Predictor
 
 QUANTITIES = ("energy", "forces")
 FAMILIES = ("auto", "gaussian", "student-t")
 EXACT_SIGMA = 1e-4  # sigma below this fraction of the median sigma is zero to rounding
+#: fewest samples (energies: structures; forces: informative components) to fit alpha (module docstring)
+MIN_SCALE_SAMPLES = {"energy": 8, "forces": 50}
+MIN_FLOOR_STRUCTURES = 20  # energy variance floor: 10 structures per fitted parameter (alpha, floor)
+MIN_DOF_STRUCTURES = 50  # a fitted Student-t dof: its tails need samples beyond the 95 % quantile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,9 +280,37 @@ def candidate_distributions(model: ExportedModel, family: str) -> List[Distribut
     return [GAUSSIAN, student]
 
 
+def require_scale_samples(data: Residuals) -> None:
+    """Raise LabelledDataError when ``data`` has too few samples to fit its variance scale alpha
+    (:data:`MIN_SCALE_SAMPLES`, see the module docstring)."""
+    n, needed = len(data.residual), MIN_SCALE_SAMPLES.get(data.name, MIN_SCALE_SAMPLES["energy"])
+    if n >= needed:
+        return
+    quantity, unit = ("energy", "structure") if data.name == "energy" else ("force", "force component")
+    exact = f" ({data.n_exact} more left out: sigma zero to rounding)" if data.n_exact else ""
+    raise LabelledDataError(
+        f"too few samples to fit the {quantity} variance scale alpha: {n} {unit}{'' if n == 1 else 's'}{exact}, "
+        f"at least {needed} needed. A variance scale fitted to n samples has a relative standard error of sqrt(2/n) "
+        f"({np.sqrt(2.0 / max(n, 1)):.0%} here, {np.sqrt(2.0 / needed):.0%} at {needed}); calibrate on more "
+        "labelled structures (a few dozen held-out structures is typical)")
+
+
 def fit_quantity(data: Residuals, candidates: Sequence[Distribution], floor: bool = False) -> dict:
     """Fit every candidate family (with and without a variance floor when ``floor``); the lowest
-    AIC = 2 n NLL + 2 k wins (k: alpha, + floor, + free dof)."""
+    AIC = 2 n NLL + 2 k wins (k: alpha, + floor, + free dof).
+
+    Needs enough samples (module docstring): too few for alpha raises LabelledDataError; the floor
+    and a fitted dof are not tried below :data:`MIN_FLOOR_STRUCTURES` / :data:`MIN_DOF_STRUCTURES`
+    samples, which the returned ``skipped`` list explains."""
+    require_scale_samples(data)
+    n = len(data.residual)
+    skipped = []
+    if floor and n < MIN_FLOOR_STRUCTURES:
+        floor = False
+        skipped.append(f"variance floor not tried: {n} structures, at least {MIN_FLOOR_STRUCTURES} needed")
+    if any(d.family == "student-t" and d.dof is None for d in candidates) and n < MIN_DOF_STRUCTURES:
+        candidates = [d for d in candidates if not (d.family == "student-t" and d.dof is None)]
+        skipped.append(f"Student t with fitted dof not tried: {n} structures, at least {MIN_DOF_STRUCTURES} needed")
     fits = []
     for distribution in candidates:
         for with_floor in ((False, True) if floor else (False,)):
@@ -266,8 +319,9 @@ def fit_quantity(data: Residuals, candidates: Sequence[Distribution], floor: boo
             fits.append({"distribution": fitted, "model": model, "alpha": model.alpha, "floor": model.floor,
                          "nll": nll, "aic": 2.0 * len(data.residual) * nll + 2.0 * k})
     best = min(fits, key=lambda fit: fit["aic"])
-    return {**best, "candidates": [{**f["distribution"].as_dict(), "alpha": f["alpha"], "floor": f["floor"],
-                                    "nll": f["nll"], "aic": f["aic"]} for f in fits]}
+    return {**best, "skipped": skipped,
+            "candidates": [{**f["distribution"].as_dict(), "alpha": f["alpha"], "floor": f["floor"],
+                            "nll": f["nll"], "aic": f["aic"]} for f in fits]}
 
 
 def calibrate(model: ExportedModel, frames: Sequence[ase.Atoms], test_frames: Optional[Sequence[ase.Atoms]] = None,
@@ -280,6 +334,8 @@ def calibrate(model: ExportedModel, frames: Sequence[ase.Atoms], test_frames: Op
     energy_candidates = candidates + [FREE_DOF] if family == "auto" else candidates
     predictor = Predictor(model)
     fit = {q: r.informative() for q, r in collect_residuals(predictor, frames).items()}
+    for q in QUANTITIES:  # both checked before either is fitted
+        require_scale_samples(fit[q])
     fitted = {"energy": fit_quantity(fit["energy"], energy_candidates, floor=floor),
               "forces": fit_quantity(fit["forces"], candidates)}
     scales = {q: fitted[q]["alpha"] for q in QUANTITIES}
@@ -290,6 +346,7 @@ def calibrate(model: ExportedModel, frames: Sequence[ase.Atoms], test_frames: Op
         "energy_variance_floor": variance_models["energy"].floor,
         "distribution": {q: distributions[q].as_dict() for q in QUANTITIES},
         "candidates": {q: fitted[q]["candidates"] for q in QUANTITIES},
+        "skipped": {q: fitted[q]["skipped"] for q in QUANTITIES if fitted[q]["skipped"]},
         "units": {"energy": "eV", "forces": "eV/angstrom"},
     }
     sets = {"fit": fit}
@@ -375,6 +432,8 @@ def markdown(report: dict) -> str:
              f"{report['energy_variance_floor']:.4g} eV²/atom ({report['_distributions']['energy'].describe()}), "
              f"forces alpha = {report['alpha']['forces']:.4g} "
              f"({report['_distributions']['forces'].describe()}); 'before' is the raw sigma read as a Gaussian", ""]
+    for q, notes in report.get("skipped", {}).items():
+        lines += [f"{q}: {note}" for note in notes] + [""]
     for name in ("fit", "test"):
         if name not in report:
             continue
@@ -406,13 +465,15 @@ def write_reports(report: dict, stem: Path) -> List[Path]:
 
 
 def calibrate_file(model_path, data, output, test=None, report_stem=None, family: str = "auto",
-                   floor: bool = True) -> dict:
-    """CLI entry: load, calibrate, write the calibrated model and the reports."""
+                   floor: bool = True, drop_nonfinite: bool = False) -> dict:
+    """CLI entry: load, calibrate, write the calibrated model and the reports. ``drop_nonfinite``
+    leaves out structures with non-finite labels (see mlip_md.train.data.check_frames)."""
     from ..train.data import read_structures
 
     model = load_model(model_path)
-    frames = read_structures(data)
-    report = calibrate(model, frames, read_structures(test) if test else None, family=family, floor=floor)
+    frames = read_structures(data, drop_nonfinite=drop_nonfinite)
+    test_frames = read_structures(test, drop_nonfinite=drop_nonfinite) if test else None
+    report = calibrate(model, frames, test_frames, family=family, floor=floor)
     digest = hashlib.sha256(Path(data).read_bytes()).hexdigest()
     model.metadata["calibration"]["data"] = {"file": Path(data).name, "sha256": digest, "structures": len(frames)}
     model.save(output)

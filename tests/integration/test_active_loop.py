@@ -8,10 +8,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import ase.db
 import numpy as np
+from conftest import MLIP_MD  # noqa: E402
 
 CONFIG = """
 [run]
@@ -48,7 +48,7 @@ def run_cli(cfg, kill_env=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLIP_MD_TEST_KILL")}
     env["OMP_NUM_THREADS"] = "1"
     env.update(kill_env or {})
-    return subprocess.run([sys.executable, "-m", "mlip_md.cli", "active", "run", str(cfg), "--no-progress"],
+    return subprocess.run([MLIP_MD, "active", "run", str(cfg), "--no-progress"],
                           env=env, capture_output=True, text=True, timeout=300, cwd=cfg.parent)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from mlip_md.domain import workflows
 from mlip_md.domain.analysis import auroc
 from mlip_md.monitor import default_policy
 from mlip_md.predictor import Predictor
+from conftest import MLIP_MD  # noqa: E402
 
 A = 3.59  # EMT copper, close to its equilibrium
 
@@ -53,7 +53,7 @@ def test_monitors_fire_on_a_surface_but_not_on_bulk_at_training_temperatures(bul
 
 def test_domain_cli_reports(tmp_path, bulk_only_model):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mlip_md.cli", "domain", "crystal-only", "--model", bulk_only_model,
+    proc = subprocess.run([MLIP_MD, "domain", "crystal-only", "--model", bulk_only_model,
                            "--a", str(A), "-o", tmp_path / "co"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "co" / "crystal_only.json").read_text())

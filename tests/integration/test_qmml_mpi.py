@@ -21,6 +21,8 @@ from mlip_md.engines.ipi_server import IPIServer, write_ipi_xyz
 from mlip_md.qmml import HybridModel
 from mlip_md.qmml.config import load_hybrid_config
 
+from conftest import MLIP_MD  # noqa: E402
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 MPIEXEC = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
 ANGSTROM_PER_BOHR = 1.0 / wire.BOHR_PER_ANGSTROM
@@ -137,7 +139,7 @@ def test_ipi_hybrid_driver_serial_and_two_ranks(tmp_path):
         address = f"qmml_{os.getpid()}_{ranks}_{time.monotonic_ns() % 10**8}"
         write_ipi_xyz(workdir / "init.xyz", atoms)
         (workdir / "input.xml").write_text(simulation_xml(address, 4))
-        command = [sys.executable, "-m", "mlip_md.cli", "ipi", "--hybrid", str(config), "--address", address, "--unix"]
+        command = [MLIP_MD, "ipi", "--hybrid", str(config), "--address", address, "--unix"]
         if ranks > 1:
             command = [MPIEXEC, "-n", str(ranks)] + command
         with IPIServer(workdir, socket_path=f"/tmp/ipi_{address}") as server:

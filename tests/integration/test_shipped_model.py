@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from mlip_md.model.io import default_model_path, load_potential, read_metadata
 from mlip_md.model.validate import validate_model
 from mlip_md.train.data import to_graph
 from mlip_md.train.fit import evaluate_errors
+from conftest import MLIP_MD  # noqa: E402
 
 TEST_SPLIT = default_model_path().parent / "cu_test.extxyz.gz"
 
@@ -62,7 +62,7 @@ def test_nve_energy_conservation():
 
 def test_main_job_demo_runs():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mlip_md.cli", "demo", "--steps", "60"],
+    proc = subprocess.run([MLIP_MD, "demo", "--steps", "60"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

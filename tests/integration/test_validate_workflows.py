@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from mlip_md.validate import run_neb, run_vacancy  # noqa: E402
 from mlip_md.validate.neb import default_hop, neb_path  # noqa: E402
 from mlip_md.validate.structures import hop_endpoints, perfect_cell  # noqa: E402
 from mlip_md.validate.vacancy import formation_energy  # noqa: E402
+from conftest import MLIP_MD  # noqa: E402
 
 MISHIN = "lammps:eam/alloy:Cu_mishin1.eam.alloy"
 ZHOU = "lammps:eam/alloy:Cu_zhou.eam.alloy"
@@ -31,7 +31,7 @@ PUBLISHED_EF, PUBLISHED_EM, PUBLISHED_A0 = 1.27, 0.69, 3.615
 
 def cli(*args, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "mlip_md.cli", "validate", *map(str, args)], capture_output=True,
+    return subprocess.run([MLIP_MD, "validate", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 

@@ -146,7 +146,8 @@ def test_close_contact_is_flagged_and_warned(model_path, crystal):
     squeezed = crystal.copy()
     squeezed.positions[1] = squeezed.positions[0] + [0.8 * closest, 0, 0]
     squeezed.calc = calc
-    with pytest.warns(CloseContactWarning, match="closer to a neighbour than any pair in the training data"):
+    with pytest.warns(CloseContactWarning, match=r"atoms \d+ and \d+ are \S+ A apart, 0.\d\d of the closest Cu-Cu "
+                      r"distance in training .* closer to a neighbour than in any training structure"):
         squeezed.get_potential_energy()
     assert calc.results["close_contact"][[0, 1]].tolist() == [1, 1]
     assert {0, 1} <= set(calc.last_prediction.close_contacts.tolist())

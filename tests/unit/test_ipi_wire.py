@@ -164,6 +164,33 @@ def test_init_round_trip_and_errors():
         w.encode_init(0, b"x" * (w.MAX_INIT_LEN + 1))
 
 
+@pytest.mark.parametrize("pars", ["", "param: 1", '{"seed": 2}'])
+def test_init_batch_size_as_ipi_announces_it(pars):
+    """i-PI's own server code (batch_size > 1 in an <ffsocket>) appends 'batch_size:N' to the
+    INIT string; init_batch_size finds it, with or without other parameters, and is 1 without."""
+    for batch in (1, 4):
+        a, b = socket.socketpair()
+        a.settimeout(5)
+        b.settimeout(5)
+        try:
+            drv = ipi_sockets.Driver(a)
+            drv.batch_size = batch
+            drv.status = ipi_sockets.Status.NeedsInit
+            drv.initialize(0, pars)
+            assert w.decode_header(recv_exact(b, HDR)) is w.Message.INIT
+            _, length = w.decode_init_prefix(recv_exact(b, 8))
+            init = recv_exact(b, length)
+            assert w.init_batch_size(init) == batch, init
+            assert w.init_batch_size(init.decode()) == batch
+        finally:
+            a.close()
+            b.close()
+    assert w.init_batch_size(b"mybatch_size:3") == 1  # a token of its own, not a suffix
+    for bad in (b"batch_size:", b"batch_size:0", b"x, batch_size:-2", b"batch_size:two"):
+        with expect("INIT: malformed token 'batch_size:"):
+            w.init_batch_size(bad)
+
+
 # ----------------------------------------------------------------------------
 # POSDATA
 def test_posdata_round_trip_and_units():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from typing import Dict
 
 import pytest
 import torch
@@ -137,3 +138,48 @@ def test_save_is_atomic(tmp_path, random_potential, monkeypatch):
         save_model(random_potential, path)
     assert path.read_bytes() == before  # the old file survives a failed write
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary left behind
+
+
+class _NotAPotential(torch.nn.Module):
+    """A foreign module with a contract-shaped ``evaluate`` but no ``evaluate_features``."""
+
+    @torch.jit.export
+    def evaluate(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_local: int,
+                 compute_monitors: bool, compute_force_sigma: bool) -> Dict[str, torch.Tensor]:
+        return {"atomic_energy": torch.zeros(n_local, dtype=edge_vectors.dtype)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def foreign_model(path, saved, module: torch.nn.Module):
+    """``module`` scripted and saved with the metadata of the real model file ``saved``."""
+    torch.jit.save(torch.jit.script(module), str(path), _extra_files={METADATA_NAME: json.dumps(read_metadata(saved))})
+    return path
+
+
+def test_foreign_module_with_copied_metadata_is_refused_at_load(tmp_path, saved):
+    from mlip_md import MLIPCalculator
+
+    linear = foreign_model(tmp_path / "linear.pt", saved, torch.nn.Linear(3, 1))
+    for load in (load_model, MLIPCalculator):
+        with pytest.raises(ModelFileError, match=f"model file {linear} .* no evaluate method.* re-export"):
+            load(linear)
+    # evaluate alone is not enough: the metadata's descriptor block promises evaluate_features
+    partial = foreign_model(tmp_path / "partial.pt", saved, _NotAPotential())
+    with pytest.raises(ModelFileError, match=f"model file {partial} .* no evaluate_features method"):
+        load_model(partial)
+
+
+def test_contract_method_with_another_signature_is_refused(tmp_path, saved):
+    class WrongSignature(torch.nn.Module):
+        @torch.jit.export
+        def evaluate(self, species: torch.Tensor, n_local: int) -> torch.Tensor:
+            return species
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    path = foreign_model(tmp_path / "wrong.pt", saved, WrongSignature())
+    with pytest.raises(ModelFileError, match=r"evaluate method has the signature \(Tensor, int\) -> Tensor, not"):
+        load_model(path)

@@ -141,3 +141,134 @@ def test_dataset_hash_changes_with_labels(emt_frames):
     a = dataset_hash(emt_frames[:3])
     assert a == dataset_hash(emt_frames[:3])
     assert a != dataset_hash(emt_frames[1:4])
+
+
+# ----------------------------------------------------------------------------- labels must be finite
+def _with_nonfinite_labels(frames):
+    """Copies of ``frames`` with a NaN energy in frame 1, an inf force on atom 5 of frame 3 and a
+    NaN stress in frame 4 (all periodic, so the stress is a training target)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    out = []
+    for k, atoms in enumerate(frames):
+        results = {key: np.array(value, copy=True) if key != "energy" else value
+                   for key, value in atoms.calc.results.items()}
+        if k == 1:
+            results["energy"] = float("nan")
+        if k == 3:
+            results["forces"][5, 1] = np.inf
+        if k == 4:
+            results["stress"][2] = np.nan
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, **results)
+        out.append(copy)
+    return out
+
+
+def test_nonfinite_labels_are_refused_naming_frame_label_and_atom(tmp_path, emt_frames):
+    from ase.io import write
+
+    from mlip_md.errors import LabelledDataError, NonFiniteLabelsWarning
+
+    path = tmp_path / "bad.extxyz"
+    write(path, _with_nonfinite_labels(emt_frames[:8]))
+    with pytest.raises(LabelledDataError) as refused:
+        read_structures(path)
+    message = str(refused.value)
+    assert str(path) in message and "3 of 8 frames" in message
+    assert "frame 1: energy is nan" in message
+    assert "frame 3: forces of atom 5 are not finite" in message
+    assert "frame 4: stress is not finite" in message
+    assert "remove frames 1, 3, 4 or pass --drop-nonfinite" in message
+    with pytest.warns(NonFiniteLabelsWarning, match=r"left out 3 of 8 frames .*frames 1, 3, 4") as caught:
+        kept = read_structures(path, drop_nonfinite=True)
+    assert len(caught) == 1
+    assert len(kept) == 5 and all(np.isfinite(a.get_potential_energy()) for a in kept)
+    # the Python entry point checks too, whatever the frames' origin
+    with pytest.raises(LabelledDataError, match="training structures: non-finite values in 1 of 4 frames"):
+        train_ensemble(_with_nonfinite_labels(emt_frames[:4])[:2] + emt_frames[4:6], emt_frames[6:8],
+                       ModelConfig([29], **TINY), TrainConfig(epochs=1), tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_frames_without_energy_or_forces_are_refused(tmp_path, emt_frames):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from mlip_md.errors import LabelledDataError
+
+    forces_only = emt_frames[1].copy()
+    forces_only.calc = SinglePointCalculator(forces_only, forces=emt_frames[1].get_forces())
+    write(tmp_path / "no_energy.extxyz", [emt_frames[0], forces_only])
+    with pytest.raises(LabelledDataError, match=r"no_energy.extxyz: frame 1 \(counted from 0\) has no energy label"):
+        read_structures(tmp_path / "no_energy.extxyz", drop_nonfinite=True)  # missing labels are never dropped
+
+
+def test_diverged_training_writes_no_model_and_keeps_the_checkpoints(tmp_path, emt_frames):
+    from mlip_md.errors import TrainingError
+
+    train, val = split_train_val(emt_frames[:8], 0.25, seed=0)
+    out, ckpt = tmp_path / "m.pt", tmp_path / "ckpt"
+    with pytest.raises(TrainingError, match=r"diverged: member 0 never reached a finite validation loss.*--lr.*"
+                                            f"{ckpt} are kept for inspection"):
+        train_ensemble(train, val, ModelConfig([29], ensemble_size=1, **TINY),
+                       TrainConfig(epochs=3, batch_size=4, learning_rate=1e30), out, checkpoint_dir=ckpt)
+    assert not out.exists()
+    assert (ckpt / "member_0.pt").exists()
+
+
+# ----------------------------------------------------------------------------- checkpoints are data
+class _Payload:
+    """Unpickling this runs open(marker, "w"): a code-execution stand-in."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_refuses_pickled_code_and_truncated_checkpoints(tmp_path, emt_frames):
+    from mlip_md.errors import CheckpointError
+
+    train, val = split_train_val(emt_frames[:8], 0.25, seed=0)
+    config, settings = ModelConfig([29], ensemble_size=1, **TINY), TrainConfig(epochs=1, batch_size=4)
+    ckpt = tmp_path / "ckpt"
+    train_ensemble(train, val, config, settings, tmp_path / "m.pt", checkpoint_dir=ckpt)
+    member = ckpt / "member_0.pt"
+    good = member.read_bytes()
+    assert set(torch.load(member, weights_only=True)) >= {"readout", "optimizer", "history"}  # plain data
+
+    marker = tmp_path / "payload_ran"
+    state = torch.load(member, weights_only=True)
+    state["history"] = [_Payload(marker)]
+    torch.save(state, member)
+    with pytest.raises(CheckpointError, match=f"checkpoint {member} holds objects other than tensors.*refused"):
+        train_ensemble(train, val, config, settings, tmp_path / "m.pt", checkpoint_dir=ckpt, resume=True)
+    assert not marker.exists()
+
+    member.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=f"checkpoint {member} is unreadable .*delete {member}"):
+        train_ensemble(train, val, config, settings, tmp_path / "m.pt", checkpoint_dir=ckpt, resume=True)
+
+
+def test_parallel_members_without_progress_callbacks(tmp_path, emt_frames):
+    """A progress factory may return None (mlip-md train --no-progress): issue 18."""
+    train, val = split_train_val(emt_frames[:8], 0.25, seed=0)
+    report = train_ensemble(train, val, ModelConfig([29], ensemble_size=2, **TINY), TrainConfig(epochs=2, batch_size=4),
+                            tmp_path / "m.pt", workers=2, progress_factory=lambda k, total: None)
+    assert report["epochs_per_member"] == [2, 2] and load_model(tmp_path / "m.pt").ensemble_size == 2
+
+
+def test_member_diverging_after_finite_epochs_keeps_its_best_epoch_and_warns():
+    from mlip_md.errors import TrainingError
+    from mlip_md.train.trainer import _check_member_histories
+
+    def record(epoch, val_loss):
+        return {"epoch": epoch, "train_loss": val_loss, "val_loss": val_loss}
+
+    finite = [record(1, 2.0), record(2, 1.0)]
+    with pytest.warns(RuntimeWarning, match="member 1 diverged at epoch 3 .* keeps its best epoch 2"):
+        assert _check_member_histories([finite, finite + [record(3, float("nan"))]], None) == {1: 3}
+    with pytest.raises(TrainingError, match="member 0 never reached a finite validation loss"):
+        _check_member_histories([[record(1, float("inf"))], finite], None)

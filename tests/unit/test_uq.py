@@ -14,10 +14,11 @@ from mlip_md.predictor import Predictor
 from mlip_md.train.data import to_graph
 from mlip_md.train.trainer import TrainConfig, split_train_val, train_ensemble
 from mlip_md.uq.bll import last_layer_design
-from mlip_md.uq.calibration import (FREE_DOF, GAUSSIAN, Distribution, Residuals, calibrate, fit_quantity,
-                                    fit_variance_scale, metrics, write_reports)
+from mlip_md.uq.calibration import (FREE_DOF, GAUSSIAN, MIN_DOF_STRUCTURES, MIN_FLOOR_STRUCTURES, MIN_SCALE_SAMPLES,
+                                    Distribution, Residuals, calibrate, fit_quantity, fit_variance_scale, metrics,
+                                    write_reports)
 
-from conftest import TINY
+from conftest import TINY, emt_cu_frames
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,12 @@ def train_tiny(tmp_path_factory, split, uq, epochs=8):
     config = ModelConfig([29], ensemble_size=1 if uq != "ensemble" else 3, uq=uq, **TINY)
     report = train_ensemble(train, val, config, TrainConfig(epochs=epochs, batch_size=4), out, reference="emt")
     return out, report
+
+
+@pytest.fixture(scope="module")
+def calibration_frames():
+    """Held-out labelled structures, enough to fit the variance scales (and the energy floor)."""
+    return emt_cu_frames(MIN_FLOOR_STRUCTURES, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +181,11 @@ def test_evidential_outputs(evidential_model, split):
 
 
 @pytest.mark.parametrize("which", ["bll", "evidential", "ensemble"])
-def test_calibration_writes_reports_and_scales(which, bll_model, evidential_model, trained_model_path, split, tmp_path):
+def test_calibration_writes_reports_and_scales(which, bll_model, evidential_model, trained_model_path, split,
+                                              calibration_frames, tmp_path):
     path = {"bll": bll_model[0], "evidential": evidential_model[0], "ensemble": trained_model_path}[which]
     model = load_model(path)
-    report = calibrate(model, split[1], test_frames=split[0][:6])
+    report = calibrate(model, calibration_frames, test_frames=split[1])
     for q in ("energy", "forces"):
         assert report["alpha"][q] > 0
         before, after = report["fit"][q]["before"], report["fit"][q]["after"]
@@ -215,3 +223,45 @@ def test_uq_config_errors():
         MLIPotential(ModelConfig([29], uq="dropout", **TINY))
     with pytest.raises(ValueError, match="ensemble_size=1"):
         MLIPotential(ModelConfig([29], uq="bll", ensemble_size=4, **TINY))
+
+
+def test_calibration_refuses_too_few_structures(trained_model_path, calibration_frames):
+    from mlip_md.errors import LabelledDataError
+
+    model = load_model(trained_model_path)
+    for n, error in ((1, "141%"), (2, "100%")):
+        with pytest.raises(LabelledDataError, match=rf"too few samples to fit the energy variance scale alpha: {n} "
+                           rf"structures?, at least 8 needed.*sqrt\(2/n\) \({error} here, 50% at 8\)"):
+            calibrate(model, calibration_frames[:n])
+    assert model.metadata["calibration"]["energy_variance_scale"] == 1.0  # nothing applied
+    enough = MIN_SCALE_SAMPLES["energy"]
+    report = calibrate(model, calibration_frames[:enough])
+    assert report["alpha"]["energy"] > 0 and report["fit"]["energy"]["after"]["n"] == enough
+    assert report["skipped"]["energy"] == [f"variance floor not tried: {enough} structures, at least 20 needed",
+                                           f"Student t with fitted dof not tried: {enough} structures, at least 50 "
+                                           "needed"]
+    assert all(c["floor"] == 0.0 for c in report["candidates"]["energy"])
+
+
+def test_floor_dof_and_force_scale_need_their_minimum_samples():
+    from mlip_md.errors import LabelledDataError
+
+    rng = np.random.default_rng(3)
+
+    def energies(n):
+        sigma = rng.uniform(0.01, 0.1, n)
+        return Residuals("energy", rng.normal(scale=sigma), sigma, atoms=np.full(n, 32.0))
+
+    few = fit_quantity(energies(MIN_FLOOR_STRUCTURES - 1), [GAUSSIAN, FREE_DOF], floor=True)
+    assert [(c["family"], c["floor"]) for c in few["candidates"]] == [("gaussian", 0.0)]
+    assert len(few["skipped"]) == 2
+    floor_only = fit_quantity(energies(MIN_FLOOR_STRUCTURES), [GAUSSIAN, FREE_DOF], floor=True)
+    assert len(floor_only["candidates"]) == 2 and floor_only["skipped"][0].startswith("Student t with fitted dof")
+    everything = fit_quantity(energies(MIN_DOF_STRUCTURES), [GAUSSIAN, FREE_DOF], floor=True)
+    assert len(everything["candidates"]) == 4 and everything["skipped"] == []
+    n_forces = MIN_SCALE_SAMPLES["forces"]
+    sigma = rng.uniform(0.01, 0.1, n_forces)
+    with pytest.raises(LabelledDataError, match=f"force variance scale alpha: {n_forces - 1} force components, "
+                       f"at least {n_forces} needed"):
+        fit_quantity(Residuals("forces", sigma[1:], sigma[1:]), [GAUSSIAN])
+    assert fit_quantity(Residuals("forces", sigma, sigma), [GAUSSIAN])["alpha"] == pytest.approx(1.0)

@@ -55,6 +55,7 @@ class _WrongForces(torch.nn.Module):
 def test_wrong_forces_are_caught(tmp_path, random_potential):
     path = tmp_path / "wrong.pt"
     meta = build_metadata(random_potential, "float64")
+    del meta["descriptor"]  # the wrapper has evaluate only: no descriptor for a host to run
     torch.jit.save(torch.jit.script(_WrongForces(random_potential)), str(path),
                    _extra_files={METADATA_NAME: json.dumps(meta)})
     report = validate_model(path)
