@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlip_md.active.benchmark import TEST_TEMPERATURES, benchmark_system, make_test_set, run_config
 from mlip_md.active.systems import initial_structures, start_structures
 from mlip_md.active.testset import oracle_md_snapshots
+from mlip_md.reference import labelled
 from mlip_md.model.io import load_potential
 from mlip_md.model.potential import ModelConfig
 from mlip_md.train.data import to_graph
@@ -33,16 +33,7 @@ from mlip_md.train.trainer import TrainConfig, split_train_val, train_ensemble
 
 def labelled_initial(cfg):
     frames = initial_structures(cfg.system, cfg.initial.n, cfg.initial.rattle, cfg.initial.strain, cfg.run.seed)
-    out = []
-    for a in frames:
-        b = a.copy()
-        b.calc = EMT()
-        res = {"energy": b.get_potential_energy(), "forces": b.get_forces()}
-        if b.pbc.all():
-            res["stress"] = b.get_stress()
-        b.calc = SinglePointCalculator(b, **res)
-        out.append(b)
-    return out
+    return [labelled(a, EMT()) for a in frames]
 
 
 def target_pool(seed: int, per_pair: int = 6):

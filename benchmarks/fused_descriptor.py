@@ -1,4 +1,4 @@
-"""Fused descriptor kernel (C++ power spectrum + backward, mlip_md.model.fused) against the
+"""Fused descriptor kernel (C++ power spectrum + backward, mlip_md.runtime.fused) against the
 TorchScript model, side by side in one run, as the Python engines call them.
 
 1. Model call: energy + forces + virial (``model(...)`` + force/virial assembly, monitors off)
@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from mlip_md.model.assemble import forces_and_virial
-from mlip_md.model.fused import FusedModel
-from mlip_md.model.io import load_model, load_potential, save_model
+from mlip_md.model.io import load_potential, save_model
+from mlip_md.runtime.factory import load_model
+from mlip_md.runtime.fused import FusedBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ipi_driver import run_pair  # noqa: E402
@@ -59,7 +60,7 @@ def step_function(model, species, edge_index, vectors, n, force_sigma=False):
     return step
 
 
-def fused_parts(fused: FusedModel, species, edge_index, vectors, n) -> dict:
+def fused_parts(fused: FusedBackend, species, edge_index, vectors, n) -> dict:
     """Median seconds of the three parts of one fused call (monitors off)."""
     index = fused.species_index(species.numpy())
     pairs = np.ascontiguousarray(edge_index.numpy())
@@ -102,7 +103,7 @@ def main() -> None:
         row = {"n": n, "edges": edge_index.shape[1] / n}
         for dtype_name, model in models.items():
             vectors = vectors64.to(model.dtype)
-            variants = {"ts": model, "fused": FusedModel(model)}
+            variants = {"ts": model, "fused": FusedBackend(model)}
             groups = [(dtype_name, False)] + ([("sigma", True)] if dtype_name == "float64" else [])
             for label, sigma in groups:
                 got = time_interleaved({f"{kind}_{label}": step_function(variant, species, edge_index, vectors, n,
@@ -111,7 +112,7 @@ def main() -> None:
                 row.update(got)
                 print(f"N={n:>6} {dtype_name}{' + force_sigma' if sigma else ''}: "
                       + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in got.items()), flush=True)
-        row["parts"] = fused_parts(FusedModel(models["float64"]), species, edge_index,
+        row["parts"] = fused_parts(FusedBackend(models["float64"]), species, edge_index,
                                    vectors64, n)
         print(f"N={n:>6} fused float64 parts (ms): "
               + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in row["parts"].items()), flush=True)

@@ -31,7 +31,7 @@ from typing import Dict
 import torch
 from ase.build import bulk
 
-from mlip_md.engines.ipi_server import IPIServer, write_ipi_xyz
+from mlip_md.engines.ipi.server import IPIServer, write_ipi_xyz
 from mlip_md.model.io import METADATA_NAME, build_metadata, default_model_path, load_potential
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +52,9 @@ XML = """<simulation verbosity='low' safe_stride='100000'>
 
 
 class ZeroPotential(torch.nn.Module):
-    """Contract-shaped model that returns zero energies and forces (protocol overhead)."""
+    """Contract-shaped model that returns zero energies and forces (protocol overhead). It has no
+    descriptor, so its file has no descriptor block (the block promises an evaluate_features for
+    a host that runs the descriptor itself) and no repulsion or architecture of the built-in model."""
 
     @torch.jit.export
     def evaluate(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
@@ -73,8 +75,12 @@ class ZeroPotential(torch.nn.Module):
 
 
 def zero_model(path: Path) -> Path:
+    """The zero model as a model file: the shipped model's elements and units, one member, a 1 Å
+    cutoff (no edges in a Cu crystal), none of the built-in model's blocks."""
     meta = build_metadata(load_potential(default_model_path()), "float64")
-    meta.update(ensemble_size=1, cutoff=1.0)
+    for block in ("descriptor", "repulsion", "n_features", "model_config"):
+        del meta[block]
+    meta.update(ensemble_size=1, cutoff=1.0, architecture="zero")
     torch.jit.save(torch.jit.script(ZeroPotential()), str(path), _extra_files={METADATA_NAME: json.dumps(meta)})
     return path
 

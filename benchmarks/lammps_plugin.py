@@ -45,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlip_md.engines.lammps import plugin_path
+from mlip_md.engines.lammps_plugin import plugin_path
 from mlip_md.model.io import resolve_model_path
 
 BIN = Path(sys.prefix) / "bin"
@@ -229,7 +229,7 @@ def main() -> None:
     if args.compiled32:
         extra_pairs.append(("pt2_32", [f"plugin load {plugin}", f"pair_style mlip {Path(args.compiled32).resolve()}",
                                        "pair_coeff * * Cu"], ".pt2 float32"))
-    from mlip_md._lammps import find_potential
+    from mlip_md.engines.lammps_module import find_potential
 
     snap_pair = ["pair_style snap",
                  f"pair_coeff * * {find_potential('Cu_Zuo_JPCA2020.snapcoeff')} "

@@ -21,8 +21,9 @@ import torch
 from ase.build import bulk
 
 from mlip_md.model.assemble import forces_and_virial
-from mlip_md.model.io import load_model, load_potential, save_model
+from mlip_md.model.io import load_potential, save_model
 from mlip_md.neighbors import neighbor_list
+from mlip_md.runtime.factory import load_model
 
 
 def crystal(n_target: int, seed: int = 0):

@@ -16,9 +16,9 @@ import time
 
 from ase.build import bulk
 
-from mlip_md.parallel import world_communicator
 from mlip_md.qmml import HybridModel
 from mlip_md.qmml.mpi import HybridParallel
+from mlip_md.runtime.parallel import world_communicator
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from mlip_md.process import configure_for_md
 threads, reps = int(sys.argv[1]), int(sys.argv[2])
 configure_for_md(threads)
 from ase.build import bulk
-from mlip_md.predictor import Predictor
+from mlip_md.runtime.predictor import Predictor
 predictor = Predictor(None, skin=0.5)
 out = {}
 for repeat, label in ((3, 108), (10, 4000)):

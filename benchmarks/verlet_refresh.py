@@ -26,7 +26,7 @@ import numpy as np
 from ase.build import bulk
 
 from mlip_md.neighbors import neighbor_list
-from mlip_md.verlet import VerletList
+from mlip_md.runtime.neighbor_reuse import VerletList
 
 CUTOFF, SKIN = 5.5, 0.5
 

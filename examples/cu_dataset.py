@@ -53,7 +53,7 @@ from ase.build import bulk  # noqa: E402
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
 from ase.data import atomic_masses, atomic_numbers  # noqa: E402
 
-from mlip_md._lammps import find_potential, import_lammps  # noqa: E402
+from mlip_md.engines.lammps_module import find_potential, import_lammps  # noqa: E402
 from mlip_md.reference import lammps_frame, make_reference  # noqa: E402
 
 SPEC = "lammps:eam/alloy:Cu_mishin1.eam.alloy"
@@ -467,7 +467,7 @@ def write_atomic(path: str, frames: list[Atoms]) -> None:
     import ase.io
 
     try:
-        from mlip_md._atomic import atomic_path
+        from mlip_md.files import atomic_path
     except ImportError:  # pragma: no cover - fallback if the helper moves
         atomic_path = None
     if atomic_path is not None:

@@ -13,11 +13,11 @@ def __getattr__(name):
 
         return MLIPCalculator
     if name == "load_model":
-        from .model.io import load_model
+        from .runtime.factory import load_model
 
         return load_model
     if name == "validate_model":
-        from .model.validate import validate_model
+        from .model.conformance import validate_model
 
         return validate_model
     if name == "neighbor_list":

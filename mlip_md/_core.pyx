@@ -729,6 +729,80 @@ cdef extern from "mlip_md.h" nogil:
     int mlip_assemble_forces(int64_t n_atoms, int64_t n_edges, const int64_t *edge_index,
                              const double *edge_grad, const double *edge_vectors, double *forces,
                              double *virial, char *errbuf, size_t errbuf_len)
+    ctypedef struct mlip_edge_gradients:
+        int64_t n_edges
+        const int64_t *centres
+        const int64_t *neighbours
+        const double *grad
+        const double *vectors
+    ctypedef struct mlip_force_sums:
+        int64_t n_atoms
+        double *forces
+        int64_t force_stride
+        double *virial
+        double *atom_virial
+    int mlip_add_edge_forces(const mlip_edge_gradients *edges, const mlip_force_sums *sums,
+                             int64_t *nonfinite_atom, char *errbuf, size_t errbuf_len)
+
+
+def _writable_float64(array, name: str, rows, columns: int, at_least: bool = False):
+    if (not isinstance(array, np.ndarray) or array.dtype != np.float64 or array.ndim != 2
+            or (rows is not None and array.shape[0] != rows) or array.shape[1] < columns
+            or (array.shape[1] != columns and not at_least) or not array.flags.c_contiguous
+            or not array.flags.writeable):
+        shape = f"[{'n' if rows is None else rows}, {'>= ' if at_least else ''}{columns}]"
+        raise ValueError(f"{name} must be a writable C-contiguous float64 array of shape {shape}")
+
+
+def add_edge_forces(edge_index, edge_grad, edge_vectors, forces, int64_t column=0, virial=None, atom_virial=None):
+    """Raw ``mlip_add_edge_forces``: adds the forces of edge_grad [E, 3] (edge_index [2, E]) to
+    ``forces[:, column:column + 3]`` (a writable C-contiguous float64 [n_atoms, W] array: W = 3K
+    holds K members' forces side by side), and, when given, W = -sum r (x) g to ``virial`` [3, 3]
+    and half of each edge's term to both ends' rows of ``atom_virial`` [n_atoms, 6] (xx yy zz xy
+    xz yz), with edge_vectors [E, 3]. Returns the centre of the first edge with a non-finite
+    gradient, or -1."""
+    cdef cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] ei = np.ascontiguousarray(edge_index, dtype=np.int64)
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] g = np.ascontiguousarray(edge_grad, dtype=np.float64)
+    cdef cnp.ndarray[cnp.float64_t, ndim=2, mode="c"] v
+    cdef cnp.ndarray f
+    cdef int64_t n_edges = g.shape[0]
+    cdef mlip_edge_gradients edges
+    cdef mlip_force_sums sums
+    cdef int64_t bad = -1
+    cdef int status
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if ei.shape[0] != 2 or ei.shape[1] != n_edges or g.shape[1] != 3:
+        raise ValueError("need edge_index [2, E] and edge_grad [E, 3]")
+    _writable_float64(forces, "forces", None, 3, at_least=True)
+    f = forces
+    if column < 0 or column + 3 > forces.shape[1]:
+        raise ValueError(f"column {column} leaves no 3 columns in forces of width {forces.shape[1]}")
+    edges.n_edges = n_edges
+    edges.centres = <const int64_t *>ei.data
+    edges.neighbours = <const int64_t *>ei.data + n_edges
+    edges.grad = <const double *>g.data
+    edges.vectors = NULL
+    sums.n_atoms = forces.shape[0]
+    sums.forces = <double *>f.data + column
+    sums.force_stride = forces.shape[1]
+    sums.virial = NULL
+    sums.atom_virial = NULL
+    if edge_vectors is not None:
+        v = np.ascontiguousarray(edge_vectors, dtype=np.float64)
+        if v.shape[0] != n_edges or v.shape[1] != 3:
+            raise ValueError("edge_vectors must be [E, 3] like edge_grad")
+        edges.vectors = <const double *>v.data
+    if virial is not None:
+        _writable_float64(virial, "virial", 3, 3)
+        sums.virial = <double *>(<cnp.ndarray>virial).data
+    if atom_virial is not None:
+        _writable_float64(atom_virial, "atom_virial", forces.shape[0], 6)
+        sums.atom_virial = <double *>(<cnp.ndarray>atom_virial).data
+    with nogil:
+        status = mlip_add_edge_forces(&edges, &sums, &bad, errbuf, MLIP_ERRBUF_LEN)
+    if status != MLIP_OK:
+        raise ValueError(errbuf.decode("utf-8", "replace"))
+    return int(bad)
 
 
 def assemble_forces(edge_index, edge_grad, edge_vectors, int64_t n_atoms):

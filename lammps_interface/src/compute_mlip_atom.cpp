@@ -1,7 +1,5 @@
 #include "compute_mlip_atom.h"
 
-#include "pair_mlip.h"
-
 #include "atom.h"
 #include "error.h"
 #include "force.h"
@@ -55,7 +53,7 @@ void ComputeMLIPAtom::compute_peratom()
   }
   pair->ensure_monitors(force_sigma);    // re-evaluates only if this step lacks the values
   const MLIP::PerAtomMonitors m = pair->monitors();
-  const double *columns[NCOLUMNS] = {m.energy_sigma, m.force_sigma, m.mahalanobis,
+  const double *columns[NCOLUMNS] = {m.energy_sigma, m.force_sigma_max, m.mahalanobis,
                                      m.d_min,        pair->min_distance(), pair->min_distance_ratio()};
   const int *mask = atom->mask;
   for (int i = 0; i < atom->nlocal; ++i)

@@ -2,8 +2,8 @@
 //
 // Per-atom array from pair_style mlip's model, 6 columns:
 //   1 energy_sigma (eV, calibrated ensemble std of the atomic energy)
-//   2 force_sigma  (eV/A, largest component of the calibrated force std; 0 unless computed:
-//                   force_sigma yes here, or pair_style ... monitor force_sigma)
+//   2 force_sigma_max (eV/A, the largest of the atom's three calibrated force std components;
+//                   0 unless computed: force_sigma yes here, or pair_style ... monitor force_sigma)
 //   3 mahalanobis  (T^2 of the atom's descriptor against the training distribution)
 //   4 d_min        (kernel distance to the training set; 0 when the model has none)
 //   5 min_distance (A, closest neighbour)
@@ -12,10 +12,11 @@
 #define LMP_COMPUTE_MLIP_ATOM_H
 
 #include "compute.h"
+#include "pair_mlip.h"    // MLIPMonitorReader
 
 namespace LAMMPS_NS {
 
-class ComputeMLIPAtom : public Compute {
+class ComputeMLIPAtom : public Compute, public MLIPMonitorReader {
  public:
   ComputeMLIPAtom(class LAMMPS *, int, char **);
   ~ComputeMLIPAtom() override;
@@ -23,13 +24,15 @@ class ComputeMLIPAtom : public Compute {
   void compute_peratom() override;
   double memory_usage() override;
 
-  bool wants_force_sigma() const { return force_sigma; }
+  // MLIPMonitorReader: pair_style mlip computes what this compute reads on the steps it runs
+  bool reads_monitors_on(bigint step) override { return matchstep(step) != 0; }
+  bool reads_force_sigma() const override { return force_sigma; }
 
  private:
   bool force_sigma;
   int nmax;
   double **values;
-  class PairMLIP *pair;
+  PairMLIP *pair;
 };
 
 }    // namespace LAMMPS_NS

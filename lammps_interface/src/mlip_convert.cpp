@@ -1,9 +1,12 @@
 #include "mlip_convert.h"
 
 #include "lmptype.h"    // NEIGHMASK
+#include "mlip_md.h"     // mlip_add_edge_forces
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 namespace MLIP {
 
@@ -128,42 +131,42 @@ double build_batch(double *const *x, const int *type, int nlocal, int nall, cons
 
 namespace {
 
-// F_i += g, F_j -= g over the edges (f: LAMMPS's contiguous [nall][3] block, atom->f[0]), with
-// the virial terms only when asked for; returns the first atom with a non-finite gradient, or -1.
-template <bool Virial>
-int scatter_forces(const EdgeBatch &batch, const double *g, double *f, double *w, double **vatom)
+// The edges' forces (rows `stride` doubles apart) and virials added by the C core; returns the
+// first atom with a non-finite gradient, or -1.
+int add_edge_forces(const EdgeBatch &batch, const double *grad, double *forces, int64_t stride, double *virial,
+                    double *atom_virial)
 {
-  const size_t n_edges = batch.n_edges();
-  const int64_t *src = batch.src.data(), *dst = batch.dst.data();
-  const double *r = batch.vectors.data();
-  double finite = 0.0;    // stays finite unless some gradient is not: one test after the loop
-  for (size_t e = 0; e < n_edges; ++e) {
-    const int64_t i = src[e], j = dst[e];
-    const double gx = g[3 * e], gy = g[3 * e + 1], gz = g[3 * e + 2];
-    finite += 0.0 * (gx + gy + gz);
-    f[3 * i] += gx;
-    f[3 * i + 1] += gy;
-    f[3 * i + 2] += gz;
-    f[3 * j] -= gx;
-    f[3 * j + 1] -= gy;
-    f[3 * j + 2] -= gz;
-    if (Virial) {
-      const double *re = r + 3 * e;
-      const double v[6] = {-re[0] * gx, -re[1] * gy, -re[2] * gz, -re[0] * gy, -re[0] * gz, -re[1] * gz};
-      if (w)
-        for (int c = 0; c < 6; ++c) w[c] += v[c];
-      if (vatom)
-        for (int c = 0; c < 6; ++c) {
-          vatom[i][c] += 0.5 * v[c];
-          vatom[j][c] += 0.5 * v[c];
-        }
-    }
+  const mlip_edge_gradients edges{static_cast<int64_t>(batch.n_edges()), batch.src.data(), batch.dst.data(), grad,
+                                  batch.vectors.data()};
+  const mlip_force_sums sums{static_cast<int64_t>(batch.species.size()), forces, stride, virial, atom_virial};
+  int64_t bad = -1;
+  char errbuf[MLIP_ERRBUF_LEN] = {0};
+  if (mlip_add_edge_forces(&edges, &sums, &bad, errbuf, sizeof(errbuf)) != MLIP_OK)
+    throw std::runtime_error(std::string("force assembly: ") + errbuf);
+  return static_cast<int>(bad);
+}
+
+// The backend's assembled forces [nall][3] added to f (one pass over the atoms); returns the
+// first atom with a non-finite force, or -1.
+int add_assembled_forces(const double *forces, int64_t nall, double *f)
+{
+  double finite = 0.0;    // stays finite unless some force is not: one test after the loop
+  for (int64_t k = 0; k < 3 * nall; ++k) {
+    f[k] += forces[k];
+    finite += 0.0 * forces[k];
   }
   if (std::isfinite(finite)) return -1;
-  for (size_t e = 0; e < n_edges; ++e)
-    if (!(std::isfinite(g[3 * e]) && std::isfinite(g[3 * e + 1]) && std::isfinite(g[3 * e + 2])))
-      return static_cast<int>(src[e]);
+  for (int64_t k = 0; k < nall; ++k)
+    if (!(std::isfinite(forces[3 * k]) && std::isfinite(forces[3 * k + 1]) && std::isfinite(forces[3 * k + 2])))
+      return static_cast<int>(k);
   return -1;
+}
+
+// [3][3] C order -> LAMMPS's xx yy zz xy xz yz, added to `v`
+void add_virial(const double *w, double *v)
+{
+  const double six[6] = {w[0], w[4], w[8], w[1], w[2], w[5]};
+  for (int c = 0; c < 6; ++c) v[c] += six[c];
 }
 
 }    // namespace
@@ -180,32 +183,16 @@ Tally write_results(const EdgeBatch &batch, const ModelOutput &out, const int *t
     tally.energy += e;
     if (eatom) eatom[i] += e;
   }
-  if (out.forces) {    // assembled in the fused kernel: one pass over the atoms
-    const int64_t nall = static_cast<int64_t>(batch.species.size());
-    double *fs = nall > 0 ? f[0] : nullptr;
-    double finite = 0.0;
-    for (int64_t k = 0; k < 3 * nall; ++k) {
-      fs[k] += out.forces[k];
-      finite += 0.0 * out.forces[k];
-    }
-    if (!std::isfinite(finite) && tally.bad_atom < 0)
-      for (int64_t k = 0; k < nall; ++k)
-        if (!(std::isfinite(out.forces[3 * k]) && std::isfinite(out.forces[3 * k + 1]) &&
-              std::isfinite(out.forces[3 * k + 2]))) {
-          tally.bad_atom = static_cast<int>(k);
-          break;
-        }
-    if (virial) {
-      const double *w = out.virial;    // [3][3] C order -> xx yy zz xy xz yz
-      const double v[6] = {w[0], w[4], w[8], w[1], w[2], w[5]};
-      for (int c = 0; c < 6; ++c) tally.virial[c] += v[c];
-    }
-    return tally;
+  const int64_t nall = static_cast<int64_t>(batch.species.size());
+  int bad = -1;
+  if (out.forces) {    // assembled by the backend
+    if (nall > 0) bad = add_assembled_forces(out.forces, nall, f[0]);
+    if (virial) add_virial(out.virial, tally.virial);
+  } else if (batch.n_edges() > 0) {
+    double w[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    bad = add_edge_forces(batch, out.edge_grad, f[0], 3, virial ? w : nullptr, vatom ? vatom[0] : nullptr);
+    if (virial) add_virial(w, tally.virial);
   }
-  if (batch.n_edges() == 0) return tally;
-  double *w = virial ? tally.virial : nullptr;
-  const int bad = (virial || vatom) ? scatter_forces<true>(batch, out.edge_grad, f[0], w, vatom)
-                                    : scatter_forces<false>(batch, out.edge_grad, f[0], w, vatom);
   if (tally.bad_atom < 0) tally.bad_atom = bad;
   return tally;
 }
@@ -213,29 +200,23 @@ Tally write_results(const EdgeBatch &batch, const ModelOutput &out, const int *t
 void member_forces(const EdgeBatch &batch, const ModelOutput &out, int nall, double **fm)
 {
   const int n_members = out.n_members;
-  for (int k = 0; k < nall; ++k)
-    for (int c = 0; c < 3 * n_members; ++c) fm[k][c] = 0.0;
+  if (nall <= 0) return;
+  std::fill(fm[0], fm[0] + static_cast<size_t>(nall) * 3 * n_members, 0.0);
+  if (batch.n_edges() == 0) return;
   const size_t n_edges = batch.n_edges();
-  for (int m = 0; m < n_members; ++m) {
-    const double *g = out.member_edge_grad + static_cast<size_t>(m) * 3 * n_edges;
-    for (size_t e = 0; e < n_edges; ++e, g += 3) {
-      double *fi = fm[batch.src[e]] + 3 * m;
-      double *fj = fm[batch.dst[e]] + 3 * m;
-      for (int d = 0; d < 3; ++d) {
-        fi[d] += g[d];
-        fj[d] -= g[d];
-      }
-    }
-  }
+  for (int m = 0; m < n_members; ++m)
+    add_edge_forces(batch, out.member_edge_grad + static_cast<size_t>(m) * 3 * n_edges, fm[0] + 3 * m,
+                    3 * n_members, nullptr, nullptr);
 }
 
 void force_sigma_from_members(double *const *fm, int nlocal, int n_members, double scale,
-                              double *sigma)
+                              double **sigma, double *sigma_max)
 {
   for (int i = 0; i < nlocal; ++i) {
-    double largest = 0.0;
-    if (n_members > 1) {
-      for (int d = 0; d < 3; ++d) {
+    sigma_max[i] = 0.0;
+    for (int d = 0; d < 3; ++d) {
+      double s = 0.0;
+      if (n_members > 1) {
         double mean = 0.0;
         for (int m = 0; m < n_members; ++m) mean += fm[i][3 * m + d];
         mean /= n_members;
@@ -244,11 +225,11 @@ void force_sigma_from_members(double *const *fm, int nlocal, int n_members, doub
           const double dev = fm[i][3 * m + d] - mean;
           var += dev * dev;
         }
-        const double s = std::sqrt(var / (n_members - 1));
-        if (s > largest) largest = s;
+        s = std::sqrt(var / (n_members - 1));
       }
+      sigma[i][d] = s * scale;
+      sigma_max[i] = std::max(sigma_max[i], sigma[i][d]);
     }
-    sigma[i] = largest * scale;
   }
 }
 

@@ -1,10 +1,12 @@
 // LAMMPS arrays <-> model buffers: edges from the full neighbour list, species from the
-// type map, and forces / per-atom energies / virial / per-atom virial written back.
-// Plain loops over raw arrays; the model buffers are wrapped as tensors in mlip_model.cpp.
+// type map, and forces / per-atom energies / virial / per-atom virial written back (the edge
+// gradients assembled by the C core's mlip_add_edge_forces, the assembly Python's predictor
+// uses too); per-member forces and the force sigma of the monitors. Plain loops over raw
+// arrays; no libtorch.
 #ifndef MLIP_CONVERT_H
 #define MLIP_CONVERT_H
 
-#include "mlip_model.h"
+#include "mlip_backend.h"
 
 #include <vector>
 
@@ -47,18 +49,23 @@ struct Tally {
 };
 
 // F_i += g_ij, F_j -= g_ij on owned and ghost atoms (ghosts are reverse-communicated by
-// LAMMPS); per-atom energies into eatom, the global virial when `virial` is true and the
-// per-atom virial (half of each edge term to each end) into vatom when given.
+// LAMMPS), or the backend's assembled forces added; per-atom energies into eatom, the global
+// virial when `virial` is true and the per-atom virial (half of each edge term to each end)
+// into vatom when given (needs edge gradients). f, vatom: LAMMPS's contiguous arrays.
+// Throws std::runtime_error when the C core refuses the edges (an index out of range).
 Tally write_results(const EdgeBatch &batch, const ModelOutput &out, const int *type,
                     const std::vector<int> &type_to_z, double **f, double *eatom, bool virial,
                     double **vatom);
 
-// Per-member forces fm[atom][3*k + d] (owned + ghost rows, zeroed here) from member_edge_grad.
+// Per-member forces fm[atom][3*k + d] (owned + ghost rows, zeroed here; LAMMPS's contiguous
+// [nall][3K] array) from member_edge_grad.
 void member_forces(const EdgeBatch &batch, const ModelOutput &out, int nall, double **fm);
 
-// Calibrated force std over members (ddof = 1) per owned atom: largest of the 3 components.
+// force_sigma: the calibrated force std over members (ddof = 1) per owned atom and component,
+// sigma [nlocal][3] (eV/A, 0 with one member); force_sigma_max: its largest component per atom
+// [nlocal], the per-atom value of the monitor signal and of compute mlip/atom's column 2.
 void force_sigma_from_members(double *const *fm, int nlocal, int n_members, double scale,
-                              double *sigma);
+                              double **sigma, double *sigma_max);
 
 }    // namespace MLIP
 

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
+#include <utility>
 
 namespace MLIP {
 
@@ -23,32 +25,29 @@ void check(int status, const char *errbuf, const char *what)
 
 }    // namespace
 
-std::string fused_descriptor_params(const JsonValue &meta, int64_t n_features, mlip_power_spectrum_params &params)
+std::string fused_descriptor_params(const ModelInfo &info, mlip_power_spectrum_params &params)
 {
-  const JsonValue *block = meta.get("descriptor");
-  if (!block || block->type != JsonValue::Object) return "its metadata has no descriptor block";
-  const JsonValue *kind = block->get("kind");
-  const JsonValue *version = block->get("version");
-  if (!kind || !kind->is_string() || kind->text != "power_spectrum")
-    return "its descriptor is not the built-in power spectrum";
-  if (!version || !version->is_number() || version->number != 1.0)
-    return "its descriptor version is not 1 (the version this plugin's kernel computes)";
-  for (const char *key : {"n_species", "n_max", "l_max", "cutoff", "switch_width"}) {
-    const JsonValue *v = block->get(key);
-    if (!v || !v->is_number() || !std::isfinite(v->number))
-      return std::string("its descriptor block lacks a numeric '") + key + "'";
-  }
-  params.n_species = static_cast<int32_t>(block->get("n_species")->number);
-  params.n_max = static_cast<int32_t>(block->get("n_max")->number);
-  params.l_max = static_cast<int32_t>(block->get("l_max")->number);
-  params.cutoff = block->get("cutoff")->number;
-  params.switch_width = block->get("switch_width")->number;
+  if (!info.descriptor) return "its metadata has no descriptor block";
+  const DescriptorSpec &block = *info.descriptor;
+  if (block.kind != "power_spectrum") return "its descriptor is not the built-in power spectrum";
+  if (block.version != 1.0) return "its descriptor version is not 1 (the version this plugin's kernel computes)";
+  const std::pair<const char *, const std::optional<double> &> numbers[] = {
+      {"n_species", block.n_species}, {"n_max", block.n_max}, {"l_max", block.l_max},
+      {"cutoff", block.cutoff},       {"switch_width", block.switch_width}};
+  for (const auto &entry : numbers)
+    if (!entry.second || !std::isfinite(*entry.second))
+      return std::string("its descriptor block lacks a numeric '") + entry.first + "'";
+  params.n_species = static_cast<int32_t>(*block.n_species);
+  params.n_max = static_cast<int32_t>(*block.n_max);
+  params.l_max = static_cast<int32_t>(*block.l_max);
+  params.cutoff = *block.cutoff;
+  params.switch_width = *block.switch_width;
   const int64_t d = mlip_power_spectrum_n_features(&params);
   if (d < 0) return "its descriptor parameters are outside what the kernel supports (l_max <= " +
                     std::to_string(MLIP_POWER_SPECTRUM_MAX_L) + ", positive sizes and widths)";
-  if (n_features > 0 && d != n_features)
+  if (info.n_features > 0 && d != info.n_features)
     return "its descriptor has " + std::to_string(d) + " features by the kernel's count but the model " +
-           std::to_string(n_features);
+           std::to_string(info.n_features);
   return "";
 }
 
@@ -236,46 +235,20 @@ void FusedReadout::evaluate(FusedDescriptor &descriptor)
           errbuf, "readout");
 }
 
-std::string repulsion_params(const JsonValue &meta, const std::vector<int> &atomic_numbers,
-                             std::vector<double> &inner, std::vector<double> &outer)
+std::string repulsion_params(const ModelInfo &info, std::vector<double> &inner, std::vector<double> &outer)
 {
   inner.clear();
   outer.clear();
-  const JsonValue *block = meta.get("repulsion");
-  if (!block) return "";    // written before the repulsion existed: none
-  const JsonValue *kind = block->get("kind");
-  if (block->type != JsonValue::Object || !kind || !kind->is_string())
-    return "its repulsion block has no kind";
-  if (kind->text == "none") return "";
-  const JsonValue *version = block->get("version");
-  const JsonValue *sw = block->get("switch");
-  if (kind->text != "zbl" || !version || !version->is_number() || version->number != 1.0 || !sw ||
-      !sw->is_string() || sw->text != "smootherstep")
-    return "its repulsion is '" + kind->text + "' (version " +
-           (version && version->is_number() ? std::to_string(static_cast<int>(version->number)) : "?") +
+  if (!info.repulsion) return "";    // no block (written before the repulsion existed) or kind "none"
+  const RepulsionSpec &block = *info.repulsion;
+  if (block.kind.empty()) return block.malformed;
+  if (block.kind != "zbl" || block.version != 1.0 || block.switch_name != "smootherstep")
+    return "its repulsion is '" + block.kind + "' (version " +
+           (std::isfinite(block.version) ? std::to_string(static_cast<int>(block.version)) : "?") +
            "); this plugin's C core implements 'zbl' version 1 with the smootherstep switch";
-  const size_t s = atomic_numbers.size();
-  const JsonValue *numbers = block->get("atomic_numbers");
-  if (!numbers || numbers->type != JsonValue::Array || numbers->items.size() != s)
-    return "its repulsion block does not list the model's atomic numbers";
-  for (size_t a = 0; a < s; ++a)
-    if (!numbers->items[a].is_number() || static_cast<int>(numbers->items[a].number) != atomic_numbers[a])
-      return "its repulsion block lists other atomic numbers than the model";
-  for (const char *key : {"r_inner", "r_outer"}) {
-    const JsonValue *rows = block->get(key);
-    std::vector<double> &radii = std::string(key) == "r_inner" ? inner : outer;
-    if (!rows || rows->type != JsonValue::Array || rows->items.size() != s)
-      return std::string("its repulsion block lacks ") + key + " [" + std::to_string(s) + "][" + std::to_string(s) + "]";
-    for (const JsonValue &row : rows->items) {
-      if (row.type != JsonValue::Array || row.items.size() != s)
-        return std::string("its repulsion block's ") + key + " is not [" + std::to_string(s) + "][" +
-               std::to_string(s) + "]";
-      for (const JsonValue &v : row.items) {
-        if (!v.is_number()) return std::string("its repulsion block's ") + key + " holds a non-number";
-        radii.push_back(v.number);
-      }
-    }
-  }
+  if (!block.malformed.empty()) return block.malformed;
+  inner = block.r_inner;
+  outer = block.r_outer;
   return "";
 }
 

@@ -1,8 +1,8 @@
 // The fused power-spectrum kernel of the C++ core (csrc/src/power_spectrum.cpp, C API in
 // mlip_md.h section 5) as the plugin uses it: the model's descriptor forward and its exact
 // backward in one pass over the edges, with every buffer kept between steps (sized once, grown
-// when the system grows). No libtorch here: mlip_model.cpp wraps these buffers as tensors
-// around the model's `evaluate_features` call.
+// when the system grows). No libtorch here: FusedBackend (mlip_backend_fused.cpp) wraps these
+// buffers as tensors around the model's `evaluate_features` call.
 //
 //   forward(batch)            features [n_local][D]           (run precision: double or float)
 //   feature_grad(K) <- fill   dF_k / d features [K][n_local][D]
@@ -16,9 +16,9 @@
 #ifndef MLIP_FUSED_H
 #define MLIP_FUSED_H
 
-#include "mlip_json.h"
+#include "mlip_backend.h"    // EdgeBatch
 #include "mlip_md.h"
-#include "mlip_model.h"
+#include "mlip_model_info.h"
 
 #include <cstdint>
 #include <string>
@@ -27,9 +27,9 @@
 namespace MLIP {
 
 // Why the fused kernel cannot compute this model's descriptor ("" when it can; then `params`
-// is filled): reads the metadata's "descriptor" block (kind power_spectrum, version 1) and
-// checks that its feature count equals `n_features` (metadata n_features; <= 0: unchecked).
-std::string fused_descriptor_params(const JsonValue &meta, int64_t n_features, mlip_power_spectrum_params &params);
+// is filled): the descriptor block must be kind power_spectrum, version 1, and its feature count
+// equal info.n_features (0: unchecked).
+std::string fused_descriptor_params(const ModelInfo &info, mlip_power_spectrum_params &params);
 
 class FusedReadout;
 
@@ -113,12 +113,11 @@ class FusedReadout {
   std::vector<float> f_energy_, f_members_;
 };
 
-// The metadata's short-range repulsion block ("repulsion": kind zbl, version 1, switch
-// smootherstep, r_inner / r_outer [S][S] in the order of `atomic_numbers`): "" when the C core
-// can evaluate it (then `inner` and `outer` hold the S*S radii in Angstrom; both empty when the
-// model has no repulsion: no block, or kind "none"), else why not.
-std::string repulsion_params(const JsonValue &meta, const std::vector<int> &atomic_numbers,
-                             std::vector<double> &inner, std::vector<double> &outer);
+// The model's short-range repulsion (info.repulsion: kind zbl, version 1, switch smootherstep,
+// r_inner / r_outer [S][S] in the order of info.atomic_numbers): "" when the C core can evaluate
+// it (then `inner` and `outer` hold the S*S radii in Angstrom; both empty when the model has no
+// repulsion), else why not.
+std::string repulsion_params(const ModelInfo &info, std::vector<double> &inner, std::vector<double> &outer);
 
 class FusedRepulsion {
  public:

@@ -1,6 +1,6 @@
 #include "mlip_monitor.h"
 
-#include "mlip_model.h"    // element_symbol
+#include "mlip_model_info.h"    // element_symbol, DomainLimits
 
 #include "atom.h"
 #include "comm.h"
@@ -24,7 +24,7 @@ const char *signal_name(Signal s)
 {
   switch (s) {
     case Signal::EnergySigma: return "energy_sigma";
-    case Signal::ForceSigma: return "force_sigma";
+    case Signal::ForceSigmaMax: return "force_sigma";
     case Signal::Mahalanobis: return "mahalanobis";
     case Signal::DMin: return "d_min";
   }
@@ -39,73 +39,6 @@ const char *contact_action_name(ContactAction a)
     case ContactAction::Ignore: return "ignore";
   }
   return "?";
-}
-
-int parse_monitor_keyword(LAMMPS *lmp, MonitorSettings &s, int narg, char **arg, int iarg)
-{
-  const std::string key = arg[iarg];
-  auto need = [&](int n) {
-    if (iarg + n >= narg)
-      lmp->error->all(FLERR, "Illegal pair_style mlip command: keyword {} needs {} value(s)", key, n);
-  };
-  if (key == "uncertainty_every") {
-    need(1);
-    s.every = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
-    if (s.every < 0) lmp->error->all(FLERR, "pair_style mlip: uncertainty_every must be >= 0");
-    return 2;
-  }
-  if (key == "monitor") {
-    need(1);
-    const std::string v = arg[iarg + 1];
-    if (v == "energy_sigma") s.signal = Signal::EnergySigma;
-    else if (v == "force_sigma") s.signal = Signal::ForceSigma;
-    else if (v == "mahalanobis") s.signal = Signal::Mahalanobis;
-    else if (v == "d_min") s.signal = Signal::DMin;
-    else
-      lmp->error->all(FLERR,
-                      "pair_style mlip: unknown monitor signal '{}'; use energy_sigma, force_sigma, "
-                      "mahalanobis or d_min", v);
-    return 2;
-  }
-  if (key == "dump_above") {
-    need(3);
-    s.dump = true;
-    s.dump_above = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
-    if (strcmp(arg[iarg + 2], "file") != 0)
-      lmp->error->all(FLERR, "pair_style mlip: expected 'dump_above X file FILE', got '{} {} {}'",
-                      arg[iarg], arg[iarg + 1], arg[iarg + 2]);
-    s.dump_file = arg[iarg + 3];
-    return 4;
-  }
-  if (key == "halt_above") {
-    need(1);
-    s.halt = true;
-    s.halt_above = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
-    return 2;
-  }
-  if (key == "close_contact") {
-    need(1);
-    const std::string v = arg[iarg + 1];
-    if (v == "warn") s.close_contact = ContactAction::Warn;
-    else if (v == "halt") s.close_contact = ContactAction::Halt;
-    else if (v == "ignore") s.close_contact = ContactAction::Ignore;
-    else
-      lmp->error->all(FLERR, "pair_style mlip: close_contact must be warn, halt or ignore, got '{}'", v);
-    return 2;
-  }
-  if (key == "ood_warnings") {
-    need(1);
-    s.ood_warnings = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
-    return 2;
-  }
-  if (key == "ood_every") {
-    need(1);
-    s.ood_every = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
-    if (s.ood_every < 0)
-      lmp->error->all(FLERR, "pair_style mlip: ood_every must be >= 0 (0: only on steps with monitor values)");
-    return 2;
-  }
-  return 0;
 }
 
 Monitor::Monitor(LAMMPS *lmp, const MonitorSettings &settings) : Pointers(lmp), settings_(settings)
@@ -129,7 +62,7 @@ void Monitor::check(const PerAtomMonitors &values, const std::vector<int> &type_
   const double *per_atom = nullptr;
   switch (settings_.signal) {
     case Signal::EnergySigma: per_atom = values.energy_sigma; break;
-    case Signal::ForceSigma: per_atom = values.force_sigma; break;
+    case Signal::ForceSigmaMax: per_atom = values.force_sigma_max; break;
     case Signal::Mahalanobis: per_atom = values.mahalanobis; break;
     case Signal::DMin: per_atom = values.d_min; break;
   }
@@ -173,30 +106,27 @@ void Monitor::check(const PerAtomMonitors &values, const std::vector<int> &type_
   }
 }
 
-void Monitor::write_frame(const PerAtomMonitors &values, const std::vector<int> &type_to_z,
-                          double value)
+static constexpr int kFrameWidth = 9;    // per atom: tag, Z, x, y, z, the 4 signals
+
+// All atoms' rows (tag, Z, position from the box corner, energy_sigma, force_sigma_max,
+// mahalanobis, d_min; NaN where not computed) on rank 0, and which signals any rank has; collective.
+std::vector<double> Monitor::gather_frame(const PerAtomMonitors &values, const std::vector<int> &type_to_z,
+                                          int have_all[4])
 {
-  // per atom: tag, Z, x, y, z, energy_sigma, force_sigma, mahalanobis, d_min
-  const int width = 9;
   const int nlocal = atom->nlocal;
-  std::vector<double> mine(static_cast<size_t>(nlocal) * width);
-  double **x = atom->x;
+  std::vector<double> mine(static_cast<size_t>(nlocal) * kFrameWidth);
+  const double *signals[4] = {values.energy_sigma, values.force_sigma_max, values.mahalanobis, values.d_min};
   for (int i = 0; i < nlocal; ++i) {
-    double *row = &mine[static_cast<size_t>(i) * width];
+    double *row = &mine[static_cast<size_t>(i) * kFrameWidth];
     row[0] = static_cast<double>(atom->tag[i]);
     row[1] = type_to_z[atom->type[i]];
-    for (int d = 0; d < 3; ++d) row[2 + d] = x[i][d] - domain->boxlo[d];
-    row[5] = values.energy_sigma ? values.energy_sigma[i] : NAN;
-    row[6] = values.force_sigma ? values.force_sigma[i] : NAN;
-    row[7] = values.mahalanobis ? values.mahalanobis[i] : NAN;
-    row[8] = values.d_min ? values.d_min[i] : NAN;
+    for (int d = 0; d < 3; ++d) row[2 + d] = atom->x[i][d] - domain->boxlo[d];
+    for (int c = 0; c < 4; ++c) row[5 + c] = signals[c] ? signals[c][i] : NAN;
   }
-  const int have[4] = {values.energy_sigma != nullptr, values.force_sigma != nullptr,
-                       values.mahalanobis != nullptr, values.d_min != nullptr};
-  int have_all[4];
+  const int have[4] = {signals[0] != nullptr, signals[1] != nullptr, signals[2] != nullptr, signals[3] != nullptr};
   MPI_Allreduce(have, have_all, 4, MPI_INT, MPI_MAX, world);
 
-  int count = nlocal * width;
+  int count = nlocal * kFrameWidth;
   std::vector<int> counts(comm->nprocs), offsets(comm->nprocs);
   MPI_Gather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, world);
   std::vector<double> all;
@@ -208,25 +138,30 @@ void Monitor::write_frame(const PerAtomMonitors &values, const std::vector<int> 
     }
     all.resize(total);
   }
-  MPI_Gatherv(mine.data(), count, MPI_DOUBLE, all.data(), counts.data(), offsets.data(), MPI_DOUBLE, 0,
-              world);
+  MPI_Gatherv(mine.data(), count, MPI_DOUBLE, all.data(), counts.data(), offsets.data(), MPI_DOUBLE, 0, world);
+  return all;
+}
+
+void Monitor::write_frame(const PerAtomMonitors &values, const std::vector<int> &type_to_z, double value)
+{
+  int have[4];
+  const std::vector<double> all = gather_frame(values, type_to_z, have);
   ++frames_written;
   if (comm->me != 0) return;
-
-  const size_t natoms = all.size() / width;
+  const size_t natoms = all.size() / kFrameWidth;
   std::vector<size_t> order(natoms);
   for (size_t k = 0; k < natoms; ++k) order[k] = k;
   std::sort(order.begin(), order.end(),
-            [&](size_t a, size_t b) { return all[a * width] < all[b * width]; });
-
+            [&](size_t a, size_t b) { return all[a * kFrameWidth] < all[b * kFrameWidth]; });
   if (!fp_) {
     fp_ = fopen(path_.c_str(), "a");
     if (!fp_) error->one(FLERR, "pair_style mlip: cannot open dump file {}: {}", path_, utils::getsyserror());
   }
+  // the force sigma column holds each atom's force_sigma_max; its name stays what readers know
   const char *columns[4] = {"energy_sigma", "force_sigma", "mahalanobis", "d_min"};
   std::string properties = "species:S:1:pos:R:3";
   for (int c = 0; c < 4; ++c)
-    if (have_all[c]) properties += fmt::format(":{}:R:1", columns[c]);
+    if (have[c]) properties += fmt::format(":{}:R:1", columns[c]);
   const double *h = domain->h;    // xprd yprd zprd yz xz xy
   fputs(fmt::format("{}\n", natoms).c_str(), fp_);
   std::string header = fmt::format(
@@ -237,12 +172,12 @@ void Monitor::write_frame(const PerAtomMonitors &values, const std::vector<int> 
              domain->yperiodic ? "T" : "F", domain->zperiodic ? "T" : "F");
   fputs(header.c_str(), fp_);
   for (size_t k : order) {
-    const double *row = &all[k * width];
+    const double *row = &all[k * kFrameWidth];
     const char *symbol = element_symbol(static_cast<int>(row[1]));
     std::string line = fmt::format("{:<3s} {:16.10f} {:16.10f} {:16.10f}", symbol ? symbol : "X", row[2],
                                    row[3], row[4]);
     for (int c = 0; c < 4; ++c)
-      if (have_all[c]) line += fmt::format(" {:.10g}", row[5 + c]);
+      if (have[c]) line += fmt::format(" {:.10g}", row[5 + c]);
     fputs(line.c_str(), fp_);
     fputc('\n', fp_);
   }
@@ -303,22 +238,15 @@ std::string format_out_of_domain(bigint step, bigint n_atoms, const Extreme *t2,
                      step, n_atoms, parts, since_text(since, "atoms out of domain"));
 }
 
-SafetyChecks::SafetyChecks(LAMMPS *lmp, const MonitorSettings &settings, const ModelInfo &info) :
-    Pointers(lmp), settings_(settings), info_(info)
+SafetyChecks::SafetyChecks(LAMMPS *lmp, const MonitorSettings &settings, const DomainLimits &domain) :
+    Pointers(lmp), settings_(settings), domain_(domain)
 {
-}
-
-static double training_distance(const ModelInfo &info, int za, int zb)
-{
-  for (const auto &p : info.pair_min_distance)
-    if (p.za == za && p.zb == zb) return p.distance;
-  return 0.0;
 }
 
 void SafetyChecks::set_types(const std::vector<int> &type_to_z)
 {
   table_ = ContactTable();
-  if (settings_.close_contact == ContactAction::Ignore || info_.pair_min_distance.empty()) return;
+  if (settings_.close_contact == ContactAction::Ignore || domain_.pair_min_distances.empty()) return;
   const int stride = static_cast<int>(type_to_z.size());
   table_.stride = stride;
   table_.inv_sq.assign(static_cast<size_t>(stride) * stride, INFINITY);
@@ -326,10 +254,10 @@ void SafetyChecks::set_types(const std::vector<int> &type_to_z)
   for (int ti = 1; ti < stride; ++ti)
     for (int tj = 1; tj < stride; ++tj) {
       if (type_to_z[ti] <= 0 || type_to_z[tj] <= 0) continue;
-      const double r = training_distance(info_, type_to_z[ti], type_to_z[tj]);
-      const double inv = r > 0.0 ? 1.0 / (r * r) : INFINITY;
+      const double r = domain_.pair_min_distance(type_to_z[ti], type_to_z[tj]);    // inf: never seen
+      const double inv = std::isfinite(r) ? 1.0 / (r * r) : INFINITY;
       table_.inv_sq[static_cast<size_t>(ti) * stride + tj] = inv;
-      known = known || r > 0.0;
+      known = known || std::isfinite(r);
       if (first) table_.uniform_inv_sq = inv;
       table_.uniform = table_.uniform && inv == table_.uniform_inv_sq;
       first = false;
@@ -337,19 +265,12 @@ void SafetyChecks::set_types(const std::vector<int> &type_to_z)
   if (!known) table_ = ContactTable();    // no pair seen in training: nothing to compare with
 }
 
-bool SafetyChecks::check_contacts(double closest, const EdgeBatch &batch, const int *type,
-                                  const std::vector<int> &type_to_z)
+// Rare (a contact is present somewhere): the atoms in contact (edges of one centre are contiguous)
+// over all ranks, returned, and the closest pair's tag i, tag j, distance, Z i, Z j in `pair` on
+// every rank; collective.
+bigint SafetyChecks::locate_contact(const EdgeBatch &batch, const int *type, const std::vector<int> &type_to_z,
+                                    double pair[5])
 {
-  if (table_.empty()) return false;
-  const bigint step = update->ntimestep;
-  if (step == contact_step_) return contact_present_;    // once per step (minimizer line searches)
-  contact_step_ = step;
-  double global = INFINITY;
-  MPI_Allreduce(&closest, &global, 1, MPI_DOUBLE, MPI_MIN, world);
-  contact_present_ = global < 1.0;
-  if (!contact_present_) return false;
-
-  // rare: this rank's atoms in contact (edges of one centre are contiguous) and its closest pair
   bigint count = 0;
   struct {
     double ratio_sq;
@@ -375,7 +296,7 @@ bool SafetyChecks::check_contacts(double closest, const EdgeBatch &batch, const 
   MPI_Allreduce(&mine, &best, 1, MPI_DOUBLE_INT, MPI_MINLOC, world);
   bigint total = 0;
   MPI_Allreduce(&count, &total, 1, MPI_LMP_BIGINT, MPI_SUM, world);
-  double pair[5] = {0.0, 0.0, 0.0, 0.0, 0.0};    // tag i, tag j, distance, Z i, Z j
+  std::fill(pair, pair + 5, 0.0);
   if (comm->me == best.rank && std::isfinite(mine.ratio_sq)) {
     const int64_t i = batch.src[worst], j = batch.dst[worst];
     pair[0] = static_cast<double>(atom->tag[i]);
@@ -386,6 +307,23 @@ bool SafetyChecks::check_contacts(double closest, const EdgeBatch &batch, const 
     pair[4] = type_to_z[type[j]];
   }
   MPI_Bcast(pair, 5, MPI_DOUBLE, best.rank, world);
+  return total;
+}
+
+bool SafetyChecks::check_contacts(double closest, const EdgeBatch &batch, const int *type,
+                                  const std::vector<int> &type_to_z)
+{
+  if (table_.empty()) return false;
+  const bigint step = update->ntimestep;
+  if (step == contact_step_) return contact_present_;    // once per step (minimizer line searches)
+  contact_step_ = step;
+  double global = INFINITY;
+  MPI_Allreduce(&closest, &global, 1, MPI_DOUBLE, MPI_MIN, world);
+  contact_present_ = global < 1.0;
+  if (!contact_present_) return false;
+
+  double pair[5];    // tag i, tag j, distance, Z i, Z j of the closest contact
+  const bigint total = locate_contact(batch, type, type_to_z, pair);
 
   const bool halt = settings_.close_contact == ContactAction::Halt;
   if (!contacts_.record(step, total) && !halt) return true;
@@ -393,7 +331,7 @@ bool SafetyChecks::check_contacts(double closest, const EdgeBatch &batch, const 
   const bool swap = pair[0] > pair[1];
   const tagint ta = static_cast<tagint>(pair[swap ? 1 : 0]), tb = static_cast<tagint>(pair[swap ? 0 : 1]);
   const int za = static_cast<int>(pair[swap ? 4 : 3]), zb = static_cast<int>(pair[swap ? 3 : 4]);
-  const double reference = training_distance(info_, za, zb);
+  const double reference = domain_.pair_min_distance(za, zb);
   const char *sa = element_symbol(za), *sb = element_symbol(zb);
   const std::string message =
       format_close_contact(step, ta, tb, pair[2], pair[2] / reference,
@@ -406,8 +344,8 @@ bool SafetyChecks::check_contacts(double closest, const EdgeBatch &batch, const 
 void SafetyChecks::check_out_of_domain(const PerAtomMonitors &values, const std::vector<int> &type_to_z,
                                        bool contact)
 {
-  const double t2_max = info_.mahalanobis_max, d_max = info_.d_min_max;
-  if (!settings_.ood_warnings || contact || (t2_max <= 0.0 && d_max <= 0.0)) return;
+  const double t2_max = domain_.mahalanobis_threshold(), d_max = domain_.d_min_threshold();    // inf: unknown
+  if (!settings_.ood_warnings || contact || (std::isinf(t2_max) && std::isinf(d_max))) return;
   const bigint step = update->ntimestep;
   if (step == ood_step_) return;
   ood_step_ = step;
@@ -417,7 +355,8 @@ void SafetyChecks::check_out_of_domain(const PerAtomMonitors &values, const std:
     int rank;
   } mine[2] = {{-INFINITY, comm->me}, {-INFINITY, comm->me}}, best[2];
   int where[2] = {-1, -1};
-  const double *signal[2] = {t2_max > 0.0 ? values.mahalanobis : nullptr, d_max > 0.0 ? values.d_min : nullptr};
+  const double *signal[2] = {std::isinf(t2_max) ? nullptr : values.mahalanobis,
+                             std::isinf(d_max) ? nullptr : values.d_min};
   const double limit[2] = {t2_max, d_max};
   bigint count = 0;
   for (int i = 0; i < atom->nlocal; ++i) {
@@ -452,14 +391,15 @@ std::string SafetyChecks::describe() const
 {
   std::string text = "pair mlip: close contacts ";
   if (settings_.close_contact == ContactAction::Ignore) text += "not checked (close_contact ignore)";
-  else if (table_.empty() && info_.pair_min_distance.empty()) text += "not checked (the model has no pair_min_distance)";
+  else if (table_.empty() && domain_.pair_min_distances.empty()) text += "not checked (the model has no pair_min_distance)";
   else text += fmt::format("checked every step (close_contact {})", contact_action_name(settings_.close_contact));
   text += "; out-of-domain atoms ";
   if (!settings_.ood_warnings) return text + "not checked (ood_warnings no)\n";
-  if (info_.mahalanobis_max <= 0.0 && info_.d_min_max <= 0.0) return text + "not checked (no thresholds in the model)\n";
+  const double t2_max = domain_.mahalanobis_threshold(), d_max = domain_.d_min_threshold();    // inf: unknown
+  if (std::isinf(t2_max) && std::isinf(d_max)) return text + "not checked (no thresholds in the model)\n";
   std::string limits;
-  if (info_.mahalanobis_max > 0.0) limits += fmt::format("T^2 > {:.4g}", info_.mahalanobis_max);
-  if (info_.d_min_max > 0.0) limits += fmt::format("{}d_min > {:.4g}", limits.empty() ? "" : ", ", info_.d_min_max);
+  if (!std::isinf(t2_max)) limits += fmt::format("T^2 > {:.4g}", t2_max);
+  if (!std::isinf(d_max)) limits += fmt::format("{}d_min > {:.4g}", limits.empty() ? "" : ", ", d_max);
   const std::string when = settings_.ood_every > 0 ? fmt::format("every {} steps and ", settings_.ood_every) : "";
   return text + fmt::format("({}) warned about {}on steps with monitor values (ood_warnings yes)\n", limits, when);
 }

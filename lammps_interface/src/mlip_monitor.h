@@ -1,4 +1,4 @@
-// Uncertainty monitoring for pair_style mlip: keyword parsing, the per-step signal (max over
+// Uncertainty monitoring for pair_style mlip: the per-step signal (max over
 // atoms), extended-XYZ dump of flagged frames (gathered on rank 0) and a clean halt; and the
 // default safety checks (SafetyChecks: close contacts every step, out-of-domain atoms on the
 // steps with monitor values), the C++ mirror of mlip_md/safety.py with the same messages.
@@ -7,7 +7,8 @@
 
 #include "pointers.h"
 
-#include "mlip_convert.h"    // ContactTable, EdgeBatch
+#include "mlip_convert.h"       // ContactTable, EdgeBatch
+#include "mlip_model_info.h"    // DomainLimits
 
 #include <cstdio>
 #include <string>
@@ -15,7 +16,9 @@
 
 namespace MLIP {
 
-enum class Signal { EnergySigma, ForceSigma, Mahalanobis, DMin };
+// The per-atom signal of `monitor` (keywords energy_sigma, force_sigma, mahalanobis, d_min);
+// ForceSigmaMax: each atom's force_sigma_max, the largest of its three force sigma components.
+enum class Signal { EnergySigma, ForceSigmaMax, Mahalanobis, DMin };
 const char *signal_name(Signal s);
 
 // close_contact warn|halt|ignore
@@ -45,17 +48,11 @@ struct MonitorSettings {
   bool ood_due(LAMMPS_NS::bigint step) const { return ood_warnings && ood_every > 0 && step % ood_every == 0; }
 };
 
-// Parse one monitor keyword at arg[iarg] (uncertainty_every, monitor, dump_above, halt_above,
-// close_contact, ood_warnings, ood_every).
-// Returns the number of words consumed, 0 if arg[iarg] is not a monitor keyword; calls
-// error->all on bad values.
-int parse_monitor_keyword(LAMMPS_NS::LAMMPS *lmp, MonitorSettings &settings, int narg, char **arg,
-                          int iarg);
-
 // Per-atom values of the owned atoms (nullptr = not available this step).
 struct PerAtomMonitors {
   const double *energy_sigma = nullptr;
-  const double *force_sigma = nullptr;
+  const double *const *force_sigma = nullptr;    // [nlocal][3] eV/A, calibrated force std per component
+  const double *force_sigma_max = nullptr;       // eV/A, the largest of the atom's 3 components
   const double *mahalanobis = nullptr;
   const double *d_min = nullptr;
 };
@@ -80,6 +77,7 @@ class Monitor : protected LAMMPS_NS::Pointers {
   bool halted_ = false;
 
   void write_frame(const PerAtomMonitors &values, const std::vector<int> &type_to_z, double value);
+  std::vector<double> gather_frame(const PerAtomMonitors &values, const std::vector<int> &type_to_z, int have_all[4]);
 };
 
 // First occurrence, then at most one report per `gap` steps, the gap doubling from 10 to 10 000
@@ -112,7 +110,7 @@ std::string format_out_of_domain(LAMMPS_NS::bigint step, LAMMPS_NS::bigint n_ato
 // ood_every). Collective calls over the partition's communicator.
 class SafetyChecks : protected LAMMPS_NS::Pointers {
  public:
-  SafetyChecks(LAMMPS_NS::LAMMPS *lmp, const MonitorSettings &settings, const ModelInfo &info);
+  SafetyChecks(LAMMPS_NS::LAMMPS *lmp, const MonitorSettings &settings, const DomainLimits &domain);
 
   // The table build_batch scans with (empty when close contacts are ignored or the model has
   // no pair_min_distance); call after pair_coeff set the type map.
@@ -133,11 +131,14 @@ class SafetyChecks : protected LAMMPS_NS::Pointers {
 
  private:
   MonitorSettings settings_;
-  const ModelInfo &info_;
+  DomainLimits domain_;
   ContactTable table_;
   RateLimiter contacts_, out_of_domain_;
   LAMMPS_NS::bigint contact_step_ = -1, ood_step_ = -1;
   bool contact_present_ = false;
+
+  LAMMPS_NS::bigint locate_contact(const EdgeBatch &batch, const int *type, const std::vector<int> &type_to_z,
+                                   double pair[5]);
 };
 
 }    // namespace MLIP

@@ -1,11 +1,11 @@
 #include "pair_mlip.h"
 
-#include "compute_mlip_atom.h"
 #include "mlip_convert.h"
 #include "mlip_process.h"
 
 #include "atom.h"
 #include "comm.h"
+#include "compute.h"
 #include "error.h"
 #include "force.h"
 #include "memory.h"
@@ -15,6 +15,7 @@
 #include "update.h"
 #include "utils.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -22,9 +23,9 @@
 using namespace LAMMPS_NS;
 
 PairMLIP::PairMLIP(LAMMPS *lmp) :
-    Pair(lmp), cutoff(0.0), closest_contact(INFINITY), nmax_monitor(0), mon_energy_sigma(nullptr),
-    mon_force_sigma(nullptr), mon_mahalanobis(nullptr), mon_d_min(nullptr), mon_min_distance(nullptr),
-    mon_min_ratio(nullptr),
+    Pair(lmp), closest_contact(INFINITY), cutoff(0.0), nmax_monitor(0), mon_energy_sigma(nullptr),
+    mon_force_sigma_max(nullptr), mon_mahalanobis(nullptr), mon_d_min(nullptr), mon_force_sigma(nullptr),
+    mon_min_distance(nullptr), mon_min_ratio(nullptr),
     monitor_step(-1), monitor_has_force_sigma(false), monitor_has_d_min(false), nmax_members(0),
     member_f(nullptr), time_model(0.0), time_convert(0.0), time_kernel(0.0), time_edges(0.0), model_calls(0)
 {
@@ -41,6 +42,7 @@ PairMLIP::~PairMLIP()
   if (copymode) return;
   memory->destroy(mon_energy_sigma);
   memory->destroy(mon_force_sigma);
+  memory->destroy(mon_force_sigma_max);
   memory->destroy(mon_mahalanobis);
   memory->destroy(mon_d_min);
   memory->destroy(mon_min_distance);
@@ -63,7 +65,7 @@ void PairMLIP::allocate()
   type_to_z.assign(n, 0);
 }
 
-/* pair_style mlip model.pt [keywords] */
+/* pair_style mlip model.pt [keywords] (mlip_options) */
 
 void PairMLIP::settings(int narg, char **arg)
 {
@@ -71,98 +73,45 @@ void PairMLIP::settings(int narg, char **arg)
     error->all(FLERR,
                "pair_style mlip requires units metal (Angstrom, eV, ps): mlip_md models are in "
                "Angstrom and eV, but this input uses units {}", update->unit_style);
-  if (narg < 1)
-    error->all(FLERR,
-               "Illegal pair_style mlip command: expected pair_style mlip model.pt [device cpu|cuda] "
-               "[fused yes|no] [readout native|torchscript] [dtype float64|float32] [uncertainty_every N] [monitor SIGNAL] "
-               "[dump_above X file F] [halt_above Y] [close_contact warn|halt|ignore] [ood_warnings yes|no] "
-               "[ood_every N] [threads N]");
-  model_path = arg[0];
-  device = "cpu";
-  MLIP::ModelOptions options;
-  int threads = 0;    // 0: OMP_NUM_THREADS if set, else 1 per rank
-  monitor_settings = MLIP::MonitorSettings();
-  int iarg = 1;
-  while (iarg < narg) {
-    if (strcmp(arg[iarg], "device") == 0) {
-      if (iarg + 1 >= narg) error->all(FLERR, "Illegal pair_style mlip command: device needs a value");
-      device = arg[iarg + 1];
-      iarg += 2;
-      continue;
-    }
-    if (strcmp(arg[iarg], "fused") == 0) {
-      if (iarg + 1 >= narg || (strcmp(arg[iarg + 1], "yes") != 0 && strcmp(arg[iarg + 1], "no") != 0))
-        error->all(FLERR, "Illegal pair_style mlip command: fused needs yes or no");
-      options.fused = strcmp(arg[iarg + 1], "yes") == 0 ? MLIP::ModelOptions::Fused::Yes
-                                                         : MLIP::ModelOptions::Fused::No;
-      iarg += 2;
-      continue;
-    }
-    if (strcmp(arg[iarg], "readout") == 0) {
-      if (iarg + 1 >= narg || (strcmp(arg[iarg + 1], "native") != 0 && strcmp(arg[iarg + 1], "torchscript") != 0))
-        error->all(FLERR, "Illegal pair_style mlip command: readout needs native or torchscript");
-      options.native_readout = strcmp(arg[iarg + 1], "native") == 0;
-      iarg += 2;
-      continue;
-    }
-    if (strcmp(arg[iarg], "threads") == 0) {
-      if (iarg + 1 >= narg) error->all(FLERR, "Illegal pair_style mlip command: threads needs a value");
-      threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
-      if (threads < 1) error->all(FLERR, "Illegal pair_style mlip command: threads must be >= 1, got {}", threads);
-      iarg += 2;
-      continue;
-    }
-    if (strcmp(arg[iarg], "dtype") == 0) {
-      if (iarg + 1 >= narg || (strcmp(arg[iarg + 1], "float64") != 0 && strcmp(arg[iarg + 1], "float32") != 0))
-        error->all(FLERR, "Illegal pair_style mlip command: dtype needs float64 or float32");
-      options.dtype = arg[iarg + 1];
-      iarg += 2;
-      continue;
-    }
-    const int used = MLIP::parse_monitor_keyword(lmp, monitor_settings, narg, arg, iarg);
-    if (used == 0)
-      error->all(FLERR,
-                 "Illegal pair_style mlip command: unknown keyword '{}' (known: device, fused, readout, dtype, "
-                 "uncertainty_every, monitor, dump_above, halt_above, close_contact, ood_warnings, ood_every, threads)",
-                 arg[iarg]);
-    iarg += used;
-  }
-
+  options = MLIP::parse_pair_options(lmp, narg, arg);
   std::string process;    // threads and malloc, set before the model loads
   try {
-    process = MLIP::configure_threads(threads) + ", malloc " + MLIP::keep_freed_memory();
-    model.load(model_path, device, options);
+    process = MLIP::configure_threads(options.threads) + ", malloc " + MLIP::keep_freed_memory();
+    model.load(options.model_path, options.device, options.model);
   } catch (std::exception &e) {
     error->all(FLERR, "pair_style mlip: {}", e.what());
   }
   const MLIP::ModelInfo &info = model.info();
   cutoff = info.cutoff;
   comm_reverse = 3 * info.ensemble_size;
-  monitor = std::make_unique<MLIP::Monitor>(lmp, monitor_settings);
-  safety = std::make_unique<MLIP::SafetyChecks>(lmp, monitor_settings, model.info());
+  monitor = std::make_unique<MLIP::Monitor>(lmp, options.monitor);
+  safety = std::make_unique<MLIP::SafetyChecks>(lmp, options.monitor, info.domain);
   closest_contact = INFINITY;
   monitor_step = -1;
   if (allocated)    // a new model: the type map must be given again
     for (int i = 0; i <= atom->ntypes; ++i)
       for (int j = 0; j <= atom->ntypes; ++j) setflag[i][j] = 0;
+  if (comm->me == 0) log_setup(process);
+}
 
-  if (comm->me == 0) {
-    const std::string dtype = model.dtype() == info.dtype ? info.dtype : model.dtype() + " (stored " + info.dtype + ")";
-    utils::logmesg(lmp, "pair mlip: model {} (elements {}, cutoff {} A, {}, {} member(s)) on {}{}; {}\n",
-                   model_path, info.element_list(), info.cutoff, dtype, info.ensemble_size, device,
-                   model.compiled()         ? ", compiled graphs"
-                   : model.native_readout() ? ", fused descriptor kernel and C readout"
-                   : model.fused()          ? ", fused descriptor kernel"
-                                            : "",
-                   process);
-    const int every = monitor_settings.effective_every();
-    if (every > 0)
-      utils::logmesg(lmp, "pair mlip: monitoring {} every {} step(s){}{}\n",
-                     MLIP::signal_name(monitor_settings.signal), every,
-                     monitor_settings.dump ? fmt::format(", dump above {:g}", monitor_settings.dump_above) : "",
-                     monitor_settings.halt ? fmt::format(", halt above {:g}", monitor_settings.halt_above) : "");
-    utils::logmesg(lmp, safety->describe());
-  }
+/* the model, its backend and why, the monitors and the safety checks, in the log */
+
+void PairMLIP::log_setup(const std::string &process)
+{
+  const MLIP::ModelInfo &info = model.info();
+  const std::string dtype =
+      info.dtype == info.stored_dtype ? info.dtype : info.dtype + " (stored " + info.stored_dtype + ")";
+  utils::logmesg(lmp, "pair mlip: model {} (elements {}, cutoff {} A, {}, {} member(s)) on {}, {}; {}\n",
+                 options.model_path, info.element_list(), info.cutoff, dtype, info.ensemble_size, options.device,
+                 model.capabilities().description, process);
+  utils::logmesg(lmp, "pair mlip: backend {}\n", model.choice());
+  const MLIP::MonitorSettings &m = options.monitor;
+  const int every = m.effective_every();
+  if (every > 0)
+    utils::logmesg(lmp, "pair mlip: monitoring {} every {} step(s){}{}\n", MLIP::signal_name(m.signal), every,
+                   m.dump ? fmt::format(", dump above {:g}", m.dump_above) : "",
+                   m.halt ? fmt::format(", halt above {:g}", m.halt_above) : "");
+  utils::logmesg(lmp, safety->describe());
 }
 
 /* pair_coeff * * El1 El2 ... (one element symbol or NULL per atom type) */
@@ -193,7 +142,7 @@ void PairMLIP::coeff(int narg, char **arg)
       error->all(FLERR,
                  "pair_coeff: element {} (atom type {}) is unknown to model {}; it was trained on {}. "
                  "Use a model trained on this element or map the type to a known one",
-                 symbol, t, model_path, info.element_list());
+                 symbol, t, options.model_path, info.element_list());
     type_to_z[t] = z;
   }
   int count = 0;
@@ -252,8 +201,9 @@ void PairMLIP::finish()
                    "{:.4g} s (building edges {:.4g} s) per rank (average over {} rank(s)){}\n",
                    all[2] / comm->nprocs, all[0] / comm->nprocs, all[1] / comm->nprocs, all[4] / comm->nprocs,
                    comm->nprocs,
-                   model.fused() ? fmt::format("; of the model time, fused descriptor kernel {:.4g} s",
-                                               all[3] / comm->nprocs) : "");
+                   model.capabilities().kind == "fused"
+                       ? fmt::format("; of the model time, fused descriptor kernel {:.4g} s", all[3] / comm->nprocs)
+                       : "");
 }
 
 /* which optional model outputs this step needs: monitors (energy sigma, T^2, d_min),
@@ -262,14 +212,15 @@ void PairMLIP::finish()
 void PairMLIP::demand(bool &monitors, bool &force_sigma, bool &check)
 {
   const bigint step = update->ntimestep;
-  check = monitor_settings.due(step);
-  monitors = check || monitor_settings.ood_due(step);
-  force_sigma = check && monitor_settings.signal == MLIP::Signal::ForceSigma;
-  for (Compute *c : modify->get_compute_by_style("mlip/atom")) {
-    auto *peratom = dynamic_cast<ComputeMLIPAtom *>(c);
-    if (peratom && c->matchstep(step)) {
+  const MLIP::MonitorSettings &m = options.monitor;
+  check = m.due(step);
+  monitors = check || m.ood_due(step);
+  force_sigma = check && m.signal == MLIP::Signal::ForceSigmaMax;
+  for (Compute *c : modify->get_compute_list()) {
+    auto *reader = dynamic_cast<MLIPMonitorReader *>(c);
+    if (reader && reader->reads_monitors_on(step)) {
       monitors = true;
-      force_sigma = force_sigma || peratom->wants_force_sigma();
+      force_sigma = force_sigma || reader->reads_force_sigma();
     }
   }
 }
@@ -283,24 +234,33 @@ void PairMLIP::compute(int eflag, int vflag)
   bool ran = false;
   const MLIP::ModelOutput out = run_model(want_monitors, want_force_sigma, ran);
   const double start = MPI_Wtime();
-  if (ran) {
-    const MLIP::Tally tally = MLIP::write_results(batch, out, atom->type, type_to_z, atom->f,
-                                                  eflag_atom ? eatom : nullptr, vflag_global,
-                                                  vflag_atom ? vatom : nullptr);
-    if (tally.bad_atom >= 0)
-      error->one(FLERR,
-                 "pair_style mlip: the model returned a non-finite (NaN or Inf) energy or force for "
-                 "atom {} on step {}; the structure is broken (overlapping atoms or an exploded run: "
-                 "check the time step) or far outside the model's training domain",
-                 atom->tag[tally.bad_atom], update->ntimestep);
-    if (eflag_global) eng_vdwl += tally.energy;
-    if (vflag_global)
-      for (int c = 0; c < 6; ++c) virial[c] += tally.virial[c];
-  }
+  if (ran) write_forces(out);
   if (!update->setupflag) time_convert += MPI_Wtime() - start;
   const bool contact = safety->check_contacts(closest_contact, batch, atom->type, type_to_z);
   if (want_monitors) safety->check_out_of_domain(monitors(), type_to_z, contact);
   if (check) monitor->check(monitors(), type_to_z);
+}
+
+/* energies, forces and virials of the model call into LAMMPS's arrays */
+
+void PairMLIP::write_forces(const MLIP::ModelOutput &out)
+{
+  MLIP::Tally tally;
+  try {
+    tally = MLIP::write_results(batch, out, atom->type, type_to_z, atom->f, eflag_atom ? eatom : nullptr,
+                                vflag_global, vflag_atom ? vatom : nullptr);
+  } catch (std::exception &e) {
+    error->one(FLERR, "pair_style mlip: {} (step {})", e.what(), update->ntimestep);
+  }
+  if (tally.bad_atom >= 0)
+    error->one(FLERR,
+               "pair_style mlip: the model returned a non-finite (NaN or Inf) energy or force for "
+               "atom {} on step {}; the structure is broken (overlapping atoms or an exploded run: "
+               "check the time step) or far outside the model's training domain",
+               atom->tag[tally.bad_atom], update->ntimestep);
+  if (eflag_global) eng_vdwl += tally.energy;
+  if (vflag_global)
+    for (int c = 0; c < 6; ++c) virial[c] += tally.virial[c];
 }
 
 /* build the edges, call the model, keep monitor values; collective when force_sigma */
@@ -324,7 +284,7 @@ MLIP::ModelOutput PairMLIP::run_model(bool monitors, bool force_sigma, bool &ran
   if (nlocal > 0) {
     start = MPI_Wtime();
     try {
-      out = model.evaluate(batch, monitors, force_sigma, vflag_atom != 0, vflag_global != 0);
+      out = model.evaluate(batch, {monitors, force_sigma, vflag_atom != 0, vflag_global != 0});
     } catch (std::exception &e) {
       error->one(FLERR, "pair_style mlip: {} (step {})", e.what(), update->ntimestep);
     }
@@ -348,7 +308,8 @@ void PairMLIP::store_monitors(const MLIP::ModelOutput &out, bool force_sigma)
   if (atom->nmax > nmax_monitor) {
     nmax_monitor = atom->nmax;
     memory->grow(mon_energy_sigma, nmax_monitor, "pair:mon_energy_sigma");
-    memory->grow(mon_force_sigma, nmax_monitor, "pair:mon_force_sigma");
+    memory->grow(mon_force_sigma, nmax_monitor, 3, "pair:mon_force_sigma");
+    memory->grow(mon_force_sigma_max, nmax_monitor, "pair:mon_force_sigma_max");
     memory->grow(mon_mahalanobis, nmax_monitor, "pair:mon_mahalanobis");
     memory->grow(mon_d_min, nmax_monitor, "pair:mon_d_min");
     memory->grow(mon_min_distance, nmax_monitor, "pair:mon_min_distance");
@@ -363,29 +324,36 @@ void PairMLIP::store_monitors(const MLIP::ModelOutput &out, bool force_sigma)
   copy(out.min_distance, mon_min_distance);
   copy(out.min_distance_ratio, mon_min_ratio);
   monitor_has_d_min = out.d_min != nullptr;
-
   if (force_sigma) {
-    const int n_members = model.info().ensemble_size;
-    const int nall = nlocal + atom->nghost;
-    if (atom->nmax > nmax_members) {
-      nmax_members = atom->nmax;
-      memory->destroy(member_f);
-      memory->create(member_f, nmax_members, 3 * n_members, "pair:member_f");
-    }
-    if (out.member_edge_grad) {
-      MLIP::member_forces(batch, out, nall, member_f);
-    } else {
-      for (int i = 0; i < nall; ++i)
-        for (int c = 0; c < 3 * n_members; ++c) member_f[i][c] = 0.0;
-    }
-    comm->reverse_comm(this);    // ghost contributions to their owners
-    MLIP::force_sigma_from_members(member_f, nlocal, n_members,
-                                   std::sqrt(model.info().force_variance_scale), mon_force_sigma);
+    store_force_sigma(out);
   } else {
-    copy(nullptr, mon_force_sigma);
+    copy(nullptr, mon_force_sigma_max);
+    if (nlocal > 0) std::fill(mon_force_sigma[0], mon_force_sigma[0] + 3 * nlocal, 0.0);
   }
   monitor_has_force_sigma = force_sigma;
   monitor_step = update->ntimestep;
+}
+
+/* force sigma [nlocal][3] and its per-atom max from the members' forces; collective (the
+   ghosts' member forces are reverse-communicated to their owners) */
+
+void PairMLIP::store_force_sigma(const MLIP::ModelOutput &out)
+{
+  const int n_members = model.info().ensemble_size;
+  const int nall = atom->nlocal + atom->nghost;
+  if (atom->nmax > nmax_members) {
+    nmax_members = atom->nmax;
+    memory->destroy(member_f);
+    memory->create(member_f, nmax_members, 3 * n_members, "pair:member_f");
+  }
+  if (out.member_edge_grad)
+    MLIP::member_forces(batch, out, nall, member_f);
+  else if (nall > 0)    // no model call on this rank (no owned atoms): its ghosts add nothing
+    std::fill(member_f[0], member_f[0] + static_cast<size_t>(nall) * 3 * n_members, 0.0);
+  comm->reverse_comm(this);
+  MLIP::force_sigma_from_members(member_f, atom->nlocal, n_members,
+                                 std::sqrt(model.info().calibration.force_variance_scale), mon_force_sigma,
+                                 mon_force_sigma_max);
 }
 
 void PairMLIP::ensure_monitors(bool need_force_sigma)
@@ -402,6 +370,7 @@ MLIP::PerAtomMonitors PairMLIP::monitors() const
   m.energy_sigma = mon_energy_sigma;
   m.mahalanobis = mon_mahalanobis;
   m.force_sigma = monitor_has_force_sigma ? mon_force_sigma : nullptr;
+  m.force_sigma_max = monitor_has_force_sigma ? mon_force_sigma_max : nullptr;
   m.d_min = monitor_has_d_min ? mon_d_min : nullptr;
   return m;
 }
@@ -426,7 +395,7 @@ void PairMLIP::unpack_reverse_comm(int n, int *list_, double *buf)
 double PairMLIP::memory_usage()
 {
   double bytes = Pair::memory_usage();
-  bytes += 6.0 * nmax_monitor * sizeof(double);
+  bytes += 9.0 * nmax_monitor * sizeof(double);
   bytes += 3.0 * model.info().ensemble_size * nmax_members * sizeof(double);
   bytes += batch.species.capacity() * sizeof(int64_t);
   bytes += (batch.src.capacity() + batch.dst.capacity()) * sizeof(int64_t);

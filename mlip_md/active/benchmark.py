@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 import ase.io
 import numpy as np
 
-from .._atomic import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text
 from .config import ActiveConfig, ExploreSection, InitialSection, ModelSection, QuerySection, RunSection, Stage
 from .config import StopSection, SystemSection, TestSection, TrainSection
 from .report import plot_curves

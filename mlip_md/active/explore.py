@@ -31,8 +31,8 @@ from scipy import stats
 
 from ..engines.ase import MLIPCalculator
 from ..errors import CloseContactWarning, InvalidStructureError
-from ..model.io import ExportedModel
-from ..predictor import Predictor
+from ..runtime.backend import ModelBackend
+from ..runtime.predictor import Predictor
 from .config import ActiveConfig
 
 
@@ -69,23 +69,23 @@ class Candidate:
         }
 
 
-def t2_thresholds(model: ExportedModel, quantile: float, mode: str) -> Dict[int, float]:
+def t2_thresholds(model: ModelBackend, quantile: float, mode: str) -> Dict[int, float]:
     """Per-element T^2 threshold: chi^2 quantile with the model's effective dof, or the
     training-set quantile stored in the model ("empirical")."""
-    per_element = model.metadata.get("monitors", {}).get("mahalanobis", {}).get("per_element", {})
+    per_element = model.info.domain.mahalanobis
     out = {}
     for z in model.atomic_numbers:
-        entry = per_element.get(str(z))
+        entry = per_element.get(int(z))
         if entry is None:
             raise ValueError(f"model {model.path} has no Mahalanobis statistics for Z={z}; retrain it with mlip_md")
-        out[int(z)] = float(stats.chi2.ppf(quantile, entry["dof"])) if mode == "chi2" else float(entry["empirical"])
+        out[int(z)] = float(stats.chi2.ppf(quantile, entry.dof)) if mode == "chi2" else float(entry.empirical)
     return out
 
 
 class Scorer:
     """Evaluates frames with the model and its monitors (one Predictor, reused)."""
 
-    def __init__(self, model: ExportedModel, quantile: float, mode: str, device: str = "cpu"):
+    def __init__(self, model: ModelBackend, quantile: float, mode: str, device: str = "cpu"):
         self.predictor = Predictor(model, device=device)
         self.thresholds = t2_thresholds(self.predictor.model, quantile, mode)
 
@@ -119,7 +119,7 @@ def triggered(c: Candidate, energy_sigma: float, force_sigma: float) -> bool:
 
 
 def explore(
-    model: ExportedModel,
+    model: ModelBackend,
     starts: Dict[str, ase.Atoms],
     config: ActiveConfig,
     iteration: int,
@@ -173,7 +173,7 @@ def explore(
     return ExploreResult(pool, n_frames, len(pool), n_restarts, md_steps)
 
 
-def _trajectory(state: Optional[ase.Atoms], start: ase.Atoms, stage, ex, rng, model: ExportedModel):
+def _trajectory(state: Optional[ase.Atoms], start: ase.Atoms, stage, ex, rng, model: ModelBackend):
     """(run(steps), frame() -> Atoms, close()) of one stage's trajectory, continuing from
     ``state`` (the previous stage's last frame) or from ``start`` with fresh velocities."""
     if ex.engine == "lammps":
@@ -185,7 +185,6 @@ def _trajectory(state: Optional[ase.Atoms], start: ase.Atoms, stage, ex, rng, mo
                                 ex.friction, seed=int(rng.integers(1, 900_000_000)))
         return traj.run, traj.frame, traj.close
     if ex.engine == "ipi":
-        from ..predictor import Predictor
         from .ipi_md import IPITrajectory
 
         traj = IPITrajectory(state if state is not None else start, Predictor(model), stage, ex.timestep_fs,

@@ -14,27 +14,30 @@ from typing import List
 import ase
 import numpy as np
 
+from ..runtime.backend import WrappedEvaluator
 
-class _Recorder:
-    """Evaluator proxy that keeps the last (positions, cell) the driver evaluated."""
+
+class _Recorder(WrappedEvaluator):
+    """An :class:`~mlip_md.runtime.backend.Evaluator` that evaluates with ``predictor`` and keeps
+    the last (positions [N, 3], cell [3, 3], Å) the driver evaluated."""
 
     def __init__(self, predictor):
-        self.predictor = predictor
-        self.model = predictor.model
+        super().__init__(predictor)
         self.positions = None
         self.cell = None
 
-    def predict(self, numbers, positions, cell, pbc, **kwargs):
+    def predict(self, numbers, positions, cell, pbc, monitors: bool = True, force_sigma: bool = False):
         self.positions = np.array(positions, dtype=float)
         self.cell = np.array(cell, dtype=float)
-        return self.predictor.predict(numbers, positions, cell, pbc, **kwargs)
+        return self.predictor.predict(numbers, positions, cell, pbc, monitors=monitors, force_sigma=force_sigma)
 
 
 def ipi_frames(start: ase.Atoms, predictor, temperature_K: float, steps: int, sample_every: int,
                timestep_fs: float, seed: int) -> List[ase.Atoms]:
     """Run ``steps`` of i-PI NVT from ``start``; the configuration every ``sample_every`` steps."""
-    from ..engines.ipi import Driver, SocketClient, serve
-    from ..engines.ipi_server import IPIServer, render, write_ipi_xyz
+    from ..engines.ipi.client import Driver, serve
+    from ..engines.ipi.connection import SocketClient
+    from ..engines.ipi.server import IPIServer, render, write_ipi_xyz
 
     workdir = Path(tempfile.mkdtemp(prefix="mlip_md_active_ipi_"))
     address = f"mlip_md_active_{os.getpid()}_{seed}"

@@ -1,5 +1,5 @@
 """Exploration MD in LAMMPS: the exported model as ``pair_style mlip`` (the plugin, see
-:mod:`mlip_md.engines.lammps`), run in-process through the ``lammps`` Python module in blocks
+:mod:`mlip_md.engines.lammps_plugin`), run in-process through the ``lammps`` Python module in blocks
 of ``sample_every`` steps, each block's frame handed back to Python for the trigger.
 
 Langevin NVT (``fix nve`` + ``fix langevin``), or Nosé-Hoover NPT (``fix npt ... iso``) for
@@ -14,15 +14,15 @@ from pathlib import Path
 import ase
 import numpy as np
 
-from ..reference.lammps import lammps_frame
+from ..reference.lammps_potentials import lammps_frame
 
 
 class LammpsTrajectory:
     """One trajectory of one stage. ``seed``: 1..9e8 (the range of LAMMPS' Marsaglia generator)."""
 
     def __init__(self, atoms: ase.Atoms, model_path: Path, stage, timestep_fs: float, friction: float, seed: int):
-        from .._lammps import import_lammps
-        from ..engines.lammps import plugin_path
+        from ..engines.lammps_module import import_lammps
+        from ..engines.lammps_plugin import plugin_path
 
         lammps = import_lammps()
         if not atoms.pbc.all():

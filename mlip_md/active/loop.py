@@ -23,8 +23,9 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from ..model.io import load_model, load_potential
+from ..model.io import load_potential
 from ..model.potential import ModelConfig
+from ..runtime.factory import load_model
 from ..train.data import to_graph
 from ..train.fit import evaluate_errors
 from ..train.trainer import TrainConfig, split_train_val, train_ensemble

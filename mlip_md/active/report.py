@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from .._atomic import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text
 
 
 def oracle_audit(log_path: Optional[Path]) -> dict:
@@ -60,6 +60,26 @@ def write_report(store, state: dict, log_path: Optional[Path]) -> dict:
         plot_curves({"run": [[(h["labels"], h["force_rmse"]) for h in history]]},
                     store.directory / "learning_curve.png")
     return report
+
+
+def summary(report: dict, relative_to: Optional[Path] = None) -> str:
+    """The closing lines of ``mlip-md active run`` for a :func:`write_report` report: why it
+    stopped, labels and oracle calls, the final model with its test force RMSE (eV/Å), and where
+    report.md is. Paths under ``relative_to`` (default: the working directory) are shown relative."""
+    base = Path.cwd() if relative_to is None else Path(relative_to)
+
+    def shown(path) -> str:
+        path = Path(path)
+        return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+    audit = report["oracle"]
+    lines = [f"stopped: {report['stopped']}",
+             f"labels: {report['labels']} ({report['failed']} configurations failed), oracle calls: "
+             f"{audit['calls_started']} started, repeated labels: {len(audit['repeated'])}"]
+    if "final_model" in report:
+        lines.append(f"final model: {shown(report['final_model'])} (test force RMSE {report['final_force_rmse']:.4f} eV/Å)")
+    lines.append(f"report: {shown(Path(report['directory']) / 'report.md')}")
+    return "\n".join(lines)
 
 
 def plot_curves(curves: dict, path: Path, threshold: Optional[float] = None) -> None:

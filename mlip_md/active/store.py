@@ -22,7 +22,7 @@ import ase
 import ase.db
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .._atomic import atomic_write_text
+from ..files import atomic_write_text
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 TRIGGER_KEYS = ("t2_max", "t2_threshold", "energy_sigma_max", "force_sigma_max", "score")

@@ -12,10 +12,10 @@ from typing import Callable, Dict, List
 import ase
 import numpy as np
 from ase import units
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
+from ..reference import labelled
 from ..train.data import read_structures
 from .config import ActiveConfig
 from .store import DONE
@@ -33,12 +33,7 @@ def oracle_md_snapshots(start: ase.Atoms, calc, temperature_K: float, snapshots:
     frames = []
     for _ in range(snapshots):
         dyn.run(md_steps)
-        snap = atoms.copy()
-        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
-        if atoms.pbc.all():
-            results["stress"] = atoms.get_stress()
-        snap.calc = SinglePointCalculator(snap, **results)
-        frames.append(snap)
+        frames.append(labelled(atoms))
     return frames
 
 

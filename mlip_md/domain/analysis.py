@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import ase
 import numpy as np
 
-from .._atomic import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text
 from ..neighbors import neighbor_list
 from .hull import hull_distance
 

@@ -8,11 +8,10 @@ from typing import List, Optional
 import ase
 import numpy as np
 from ase.build import bulk, fcc100, fcc111
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from ..model.potential import ModelConfig
-from ..predictor import Predictor
-from ..reference import make_reference
+from ..runtime.predictor import Predictor
+from ..reference import labelled, make_reference
 from ..train.trainer import TrainConfig, split_train_val, train_ensemble
 from . import analysis
 
@@ -32,16 +31,7 @@ class Settings:
 
 
 def label(frames: List[ase.Atoms], calc) -> List[ase.Atoms]:
-    out = []
-    for atoms in frames:
-        atoms = atoms.copy()
-        atoms.calc = calc
-        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
-        if atoms.pbc.all():
-            results["stress"] = atoms.get_stress()
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        out.append(atoms)
-    return out
+    return [labelled(atoms, calc) for atoms in frames]
 
 
 def equilibrium_lattice_constant(symbol: str, calc) -> float:

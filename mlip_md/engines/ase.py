@@ -12,7 +12,7 @@ atom is closer to a neighbour than any pair in training), force_sigma [N, 3] whe
 ``force_sigma=True``. Units are ASE's: eV, Å, eV/Å^3. The extra result names are registered
 with ``ase.outputs`` so ASE's ``calculate_properties`` / ``Properties`` accept them.
 
-Every call with monitors applies the default safety policy (:mod:`mlip_md.safety`): close
+Every call with monitors applies the default safety policy (:mod:`mlip_md.runtime.safety`): close
 contacts (``close_contact``) and atoms outside the training domain (``ood_warnings``) are
 warned about, rate-limited (one calculator call = one step).
 """
@@ -26,11 +26,11 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from ..model.io import ExportedModel
-from ..predictor import Prediction, Predictor
 from ..process import default_threads
-from ..safety import CLOSE_CONTACT_ACTIONS as POLICY_ACTIONS
-from ..safety import SafetyPolicy
+from ..runtime.backend import ModelBackend
+from ..runtime.predictor import Prediction, Predictor
+from ..runtime.safety import CLOSE_CONTACT_ACTIONS as POLICY_ACTIONS
+from ..runtime.safety import SafetyPolicy
 
 CLOSE_CONTACT_ACTIONS = (*POLICY_ACTIONS, "raise")  # "raise": the earlier name of "halt"
 
@@ -65,7 +65,7 @@ class MLIPCalculator(Calculator):
 
     Parameters
     ----------
-    model: path, ExportedModel or None (shipped default).
+    model: path, loaded model backend (mlip_md.load_model) or None (shipped default).
     device: "cpu" or "cuda".
     monitors: compute per-atom uncertainty and domain monitors every call.
     force_sigma: also compute per-member forces and their calibrated std (K backward passes).
@@ -77,13 +77,13 @@ class MLIPCalculator(Calculator):
         the largest value of the training data; False turns this off.
     dump_path: extxyz file of ``close_contact="dump"``.
     monitor: optional policy object with ``observe(atoms, prediction)`` (see
-        mlip_md.monitor) called after every evaluation.
+        mlip_md.runtime.monitors) called after every evaluation.
     skin: Å; > 0 reuses the neighbour list between steps until an atom moved more than
-        skin / 2 or the cell changed (mlip_md.verlet). 0.5 suits MD; 0 rebuilds every call.
+        skin / 2 or the cell changed (mlip_md.runtime.neighbor_reuse). 0.5 suits MD; 0 rebuilds every call.
     compiled: a ``.pt2`` package of ``model`` (``mlip-md compile``) evaluated instead of the
         TorchScript file (about 2x faster on the CPU; ``model`` serves what it does not cover).
         ``model="m.pt2"`` alone also works.
-    fused: descriptor in the fused C++ kernel (mlip_md.model.fused): None = whenever the model
+    fused: descriptor in the fused C++ kernel (mlip_md.runtime.fused): None = whenever the model
         and device support it (the default on the CPU), True = required, False = TorchScript only.
     dtype: "float32" or "float64" (default: the file's): the precision the model runs in;
         float32 is about 1.5x faster on the CPU, forces agree with float64 to ~1e-6 relative.
@@ -98,7 +98,7 @@ class MLIPCalculator(Calculator):
 
     def __init__(
         self,
-        model: Union[str, Path, ExportedModel, None] = None,
+        model: Union[str, Path, ModelBackend, None] = None,
         device: str = "cpu",
         monitors: bool = True,
         force_sigma: bool = False,
@@ -130,7 +130,7 @@ class MLIPCalculator(Calculator):
         self.threads = torch.get_num_threads()
 
     @property
-    def model(self) -> ExportedModel:
+    def model(self) -> ModelBackend:
         return self.predictor.model
 
     def calculate(

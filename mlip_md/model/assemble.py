@@ -1,4 +1,4 @@
-"""Host-side assembly of forces and virial from edge gradients (DESIGN.md contract).
+"""Host-side assembly of forces and virial from edge gradients (docs/model-contract.md).
 
 g_ij = dE/d(r_ij) with r_ij = r_j - r_i, so F_i += g_ij, F_j -= g_ij and the virial is
 W = -sum_ij r_ij (x) g_ij (eV). The stress in ASE's convention is sigma = -W^T / V (eV/Å^3).

@@ -21,6 +21,11 @@ import torch
 from .radial import RadialBasis
 from .spherical import SphericalHarmonics
 
+#: the descriptor's name and version in a model file's metadata block ``descriptor``: what a
+#: host that runs the descriptor itself (the fused kernel, csrc ``mlip_power_spectrum_*``) checks
+DESCRIPTOR_KIND = "power_spectrum"
+DESCRIPTOR_VERSION = 1
+
 
 def neighbour_slots(centers: torch.Tensor, n_centres: int) -> Tuple[torch.Tensor, int]:
     """Position of each edge among the edges of its centre, and the largest neighbour count.

@@ -11,15 +11,15 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import ase.data
-import numpy as np
 import torch
 
 from .. import __version__
-from .._atomic import atomic_path
+from ..files import atomic_path
 from ..errors import ModelFileError
+from .descriptor import DESCRIPTOR_KIND, DESCRIPTOR_VERSION
 from .potential import MLIPotential, ModelConfig
 from .repulsion import clear_repulsion, fit_repulsion, has_repulsion, metadata_block
 
@@ -69,8 +69,8 @@ def build_metadata(module: MLIPotential, dtype: str, extra: Optional[Dict[str, A
         # what a host needs to run the descriptor itself (csrc mlip_power_spectrum_*) and call
         # the model's evaluate_features for the rest
         "descriptor": {
-            "kind": "power_spectrum",
-            "version": 1,
+            "kind": DESCRIPTOR_KIND,
+            "version": DESCRIPTOR_VERSION,
             "n_species": int(module.n_species),
             "n_max": int(module.descriptor.n_max),
             "l_max": int(module.descriptor.l_max),
@@ -119,12 +119,10 @@ def save_model(
     module.to(DTYPES[dtype])
     try:
         with warnings.catch_warnings():
-            # TorchScript is the portable format of DESIGN.md (libtorch loads it in LAMMPS)
+            # TorchScript is the portable format of docs/model-contract.md (libtorch loads it in LAMMPS)
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=DeprecationWarning)
             scripted = torch.jit.script(module)
-        meta = build_metadata(module, dtype, metadata)
-        with atomic_path(path) as tmp:
-            torch.jit.save(scripted, str(tmp), _extra_files={METADATA_NAME: json.dumps(meta, indent=1)})
+        write_model_file(scripted, build_metadata(module, dtype, metadata), path)
     finally:
         module.to(original_dtype)
         module.train(was_training)
@@ -198,134 +196,35 @@ def _check_contract_methods(module: torch.jit.ScriptModule, meta: dict, path: Pa
                                  "re-export the model with mlip_md.model.save_model or mlip-md train")
 
 
-class ExportedModel:
-    """A loaded model file: the TorchScript module, its metadata and the device it lives on.
-
-    Calling it runs the contract with grad mode on (forces come from autograd) and inputs
-    converted to the model's dtype and device.
-    """
-
-    def __init__(self, module: torch.jit.ScriptModule, metadata: dict, path: Optional[Path] = None):
-        self.module = module
-        self.metadata = metadata
-        self.path = path
-        self.device = torch.device("cpu")
-
-    @classmethod
-    def load(cls, path: Optional[PathLike] = None, device: str = "cpu") -> "ExportedModel":
-        path = resolve_model_path(path)
-        meta = read_metadata(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
-                module = torch.jit.load(str(path), map_location=device)
-        except Exception as exc:  # torch raises RuntimeError subclasses with long traces
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"could not load TorchScript model {path}: {first}; re-export it") from exc
-        _check_contract_methods(module, meta, path)
-        module.eval()
-        model = cls(module, meta, path)
-        model.device = torch.device(device)
-        return model
-
-    # --------------------------------------------------------------- properties
-    @property
-    def cutoff(self) -> float:
-        """Interaction cutoff in Å."""
-        return float(self.metadata["cutoff"])
-
-    @property
-    def atomic_numbers(self) -> list:
-        return list(self.metadata["atomic_numbers"])
-
-    @property
-    def elements(self) -> list:
-        return [ase.data.chemical_symbols[z] for z in self.atomic_numbers]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return DTYPES[self.metadata["dtype"]]
-
-    @property
-    def ensemble_size(self) -> int:
-        return int(self.metadata["ensemble_size"])
-
-    @property
-    def monitor_thresholds(self) -> dict:
-        return dict(self.metadata.get("monitors", {}))
-
-    def to(self, device: str) -> "ExportedModel":
-        self.module.to(device)
-        self.device = torch.device(device)
-        return self
-
-    def to_dtype(self, dtype: str) -> "ExportedModel":
-        """Run the model in ``dtype`` ("float32" or "float64"): its floating-point weights and
-        buffers are converted in place (integer tables kept) and ``metadata["dtype"]`` follows,
-        with the file's own precision kept as ``metadata["stored_dtype"]``. The file is unchanged."""
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        if dtype != self.metadata["dtype"]:
-            self.module.to(DTYPES[dtype])
-            self.metadata = dict(self.metadata, dtype=dtype,
-                                 stored_dtype=self.metadata.get("stored_dtype", self.metadata["dtype"]))
-        return self
-
-    def check_elements(self, numbers) -> None:
-        """Raise UnknownElementError naming unknown elements and the known ones."""
-        from ..errors import UnknownElementError
-
-        present = np.unique(np.asarray(numbers, dtype=np.int64))  # a set over N Python ints costs ~0.3 µs/atom
-        unknown = sorted(set(present.tolist()) - set(self.atomic_numbers))
-        if unknown:
-            names = ", ".join(ase.data.chemical_symbols[z] if 0 < z < len(ase.data.chemical_symbols) else str(z) for z in unknown)
-            raise UnknownElementError(
-                f"element(s) {names} unknown to model {self.path}; it was trained on "
-                f"{', '.join(self.elements)}. Use a model trained on these elements."
-            )
-
-    def __call__(
-        self,
-        species: torch.Tensor,
-        edge_index: torch.Tensor,
-        edge_vectors: torch.Tensor,
-        n_local: int,
-        monitors: bool = True,
-        force_sigma: bool = False,
-    ) -> Dict[str, torch.Tensor]:
-        with torch.enable_grad():
-            return self.module.evaluate(
-                species.to(self.device),
-                edge_index.to(self.device),
-                edge_vectors.to(device=self.device, dtype=self.dtype),
-                int(n_local),
-                monitors,
-                force_sigma,
-            )
-
-    def save(self, path: PathLike) -> Path:
-        """Write module and (possibly updated) metadata atomically."""
-        with atomic_path(path) as tmp:
-            torch.jit.save(self.module, str(tmp), _extra_files={METADATA_NAME: json.dumps(self.metadata, indent=1)})
-        return Path(path)
+def load_module(path: PathLike, device: str = "cpu") -> Tuple[torch.jit.ScriptModule, dict]:
+    """(TorchScript module in eval mode on ``device``, checked metadata dict) of a model file;
+    ModelFileError naming the file when it is missing, damaged or not an mlip_md model."""
+    meta = read_metadata(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=device)
+    except Exception as exc:  # torch raises RuntimeError subclasses with long traces
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"could not load TorchScript model {path}: {first}; re-export it") from exc
+    _check_contract_methods(module, meta, path)
+    module.eval()
+    return module, meta
 
 
-def load_model(path: Optional[PathLike] = None, device: str = "cpu") -> ExportedModel:
-    """Load a model file (``None``/"default": the shipped Cu model; ``*.pt2``: a compiled
-    package, see :mod:`mlip_md.model.compiled`)."""
-    if path is not None and str(path).endswith(".pt2"):
-        from .compiled import load_compiled
-
-        return load_compiled(path, device=device)
-    return ExportedModel.load(path, device=device)
+def write_model_file(module: torch.jit.ScriptModule, metadata: dict, path: PathLike) -> Path:
+    """Write a scripted module with ``metadata`` (the ``mlip_md.json`` entry) atomically."""
+    with atomic_path(path) as tmp:
+        torch.jit.save(module, str(tmp), _extra_files={METADATA_NAME: json.dumps(metadata, indent=1)})
+    return Path(path)
 
 
 def load_potential(path: PathLike) -> MLIPotential:
     """Rebuild the trainable Python module (for fine-tuning / warm starts) from a model file."""
-    model = ExportedModel.load(path)
-    config = ModelConfig.from_dict(model.metadata["model_config"])
+    scripted, meta = load_module(resolve_model_path(path))
+    config = ModelConfig.from_dict(meta["model_config"])
     module = MLIPotential(config).to(torch.float64)  # load_state_dict copies into the existing dtype
-    state = {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in model.module.state_dict().items()}
+    state = {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in scripted.state_dict().items()}
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [name for name in missing if name not in OPTIONAL_BUFFERS]  # older files lack them
     if missing or unexpected:

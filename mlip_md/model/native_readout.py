@@ -19,11 +19,11 @@ ARCHITECTURE = "power_spectrum_ensemble_mlp"
 
 
 def native_readout_unsupported_reason(model) -> Optional[str]:
-    """None when ``model`` (an ExportedModel) can use the C readout, else why not."""
-    if model.metadata.get("architecture") != ARCHITECTURE:
-        return f"architecture {model.metadata.get('architecture')!r} is not {ARCHITECTURE!r}"
-    if model.metadata.get("uq") != "ensemble":
-        return f"the C readout serves uq 'ensemble' only (model: {model.metadata.get('uq')!r})"
+    """None when ``model`` (a TorchScript backend) can use the C readout, else why not."""
+    if model.info.architecture != ARCHITECTURE:
+        return f"architecture {model.info.architecture!r} is not {ARCHITECTURE!r}"
+    if model.info.uq != "ensemble":
+        return f"the C readout serves uq 'ensemble' only (model: {model.info.uq!r})"
     if model.module is None:
         return "the model has no TorchScript module"
     return None
@@ -73,7 +73,7 @@ class NativeReadout:
 
 
 def native_readout(model) -> Optional[NativeReadout]:
-    """The C readout of ``model`` (an ExportedModel), or None when it is not supported."""
+    """The C readout of ``model`` (a TorchScript backend), or None when it is not supported."""
     if native_readout_unsupported_reason(model) is not None:
         return None
     return NativeReadout(model.module, model.dtype)

@@ -1,6 +1,6 @@
 """The built-in potential: power-spectrum descriptor -> per-element ensemble MLPs.
 
-The module is TorchScript-able and implements the exported-model contract of DESIGN.md:
+The module is TorchScript-able and implements the exported-model contract (docs/model-contract.md):
 
     forward(species int64 [N_all] (atomic numbers), edge_index int64 [2, E] (row 0: centre i <
             n_local, row 1: neighbour j, any atom), edge_vectors float [E, 3] (r_j - r_i, Å),
@@ -332,7 +332,7 @@ class MLIPotential(torch.nn.Module):
 
         The short-range repulsion (a pair term of the edges, metadata block ``repulsion``) is
         NOT in these energies: the host adds it with the C core (``mlip_repulsion_*``, as
-        :class:`mlip_md.model.fused.FusedModel` and the LAMMPS plugin do), energies to
+        :class:`mlip_md.runtime.fused.FusedBackend` and the LAMMPS plugin do), energies to
         atomic_energy and every member, gradients to every edge-gradient row.
         """
         self._check_call(species, n_local)

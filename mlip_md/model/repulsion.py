@@ -214,36 +214,36 @@ def metadata_block(module) -> dict:
 
 
 # --------------------------------------------------------------------------- hosts
-def repulsion_unsupported_reason(metadata: dict) -> Optional[str]:
-    """None when the C core can evaluate the file's repulsion block (or it has none), else why."""
-    block = metadata.get("repulsion")
-    if block is None or (isinstance(block, dict) and block.get("kind") == "none"):
+def repulsion_unsupported_reason(spec) -> Optional[str]:
+    """None when the C core can evaluate a file's repulsion (``spec``: its
+    :class:`~mlip_md.runtime.model_info.RepulsionSpec`, None without one), else why not."""
+    if spec is None:
         return None
-    if not isinstance(block, dict) or block.get("kind") != KIND or block.get("version") != VERSION \
-            or block.get("switch") != SWITCH:
-        kind = block.get("kind") if isinstance(block, dict) else block
-        version = block.get("version") if isinstance(block, dict) else None
-        return (f"its repulsion is {kind!r} version {version!r}; this mlip_md's C core implements "
+    if spec.kind != KIND or spec.version != VERSION or spec.switch != SWITCH:
+        return (f"its repulsion is {spec.kind!r} version {spec.version!r}; this mlip_md's C core implements "
                 f"{KIND!r} version {VERSION} ({SWITCH} switch) only")
     return None
 
 
-def read_repulsion(metadata: dict, path=None) -> Optional[Dict[str, np.ndarray]]:
-    """The repulsion block of a model's metadata as arrays ``atomic_numbers`` [S] (int32),
-    ``r_inner`` / ``r_outer`` [S, S] (Å), or None when the model has none. Raises
-    :class:`ModelFileError` for an unknown kind or malformed radii."""
-    reason = repulsion_unsupported_reason(metadata)
+def read_repulsion(spec, atomic_numbers, path=None) -> Optional[Dict[str, np.ndarray]]:
+    """A file's repulsion (``spec``: its :class:`~mlip_md.runtime.model_info.RepulsionSpec`, the
+    model's ``atomic_numbers`` [S]) as arrays ``atomic_numbers`` [S] (int32), ``r_inner`` /
+    ``r_outer`` [S, S] (Å), or None when the model has none. Raises :class:`ModelFileError`
+    naming ``path`` for an unknown kind or malformed radii."""
+    reason = repulsion_unsupported_reason(spec)
     if reason is not None:
         raise ModelFileError(f"model file {path}: {reason}; upgrade mlip_md")
-    block = metadata.get("repulsion")
-    if block is None or block.get("kind") == "none":
+    if spec is None:
         return None
-    numbers = [int(z) for z in metadata["atomic_numbers"]]
+    numbers = [int(z) for z in atomic_numbers]
     try:
+        if spec.atomic_numbers is None or spec.r_inner is None or spec.r_outer is None:
+            raise KeyError(next(name for name in ("atomic_numbers", "r_inner", "r_outer")
+                                if getattr(spec, name) is None))
         params = {
-            "atomic_numbers": np.asarray(block["atomic_numbers"], dtype=np.int32),
-            "r_inner": np.asarray(block["r_inner"], dtype=np.float64),
-            "r_outer": np.asarray(block["r_outer"], dtype=np.float64),
+            "atomic_numbers": np.asarray(spec.atomic_numbers, dtype=np.int32),
+            "r_inner": np.asarray(spec.r_inner, dtype=np.float64),
+            "r_outer": np.asarray(spec.r_outer, dtype=np.float64),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"model file {path}: malformed repulsion block ({exc}); re-export the model") from exc

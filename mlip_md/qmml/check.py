@@ -27,12 +27,26 @@ import ase
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from .._atomic import atomic_path, atomic_write_text
-from .hybrid import HybridCalculator, HybridModel
+from ..files import atomic_path, atomic_write_text
+from .calculator import HybridCalculator
+from .hybrid import HybridModel
 from .levels import Level
 
 DRAG_DELTA = 1e-6  # Å
 ENERGY_JUMP_TOLERANCE = 1e-10  # eV
+
+
+def default_structure(supercell: int = 3, vacancy: bool = False, rattle: float = 0.05, seed: int = 0) -> ase.Atoms:
+    """The default structure of ``mlip-md qmml check``: fcc Cu (a = 3.615 Å) cubic cell repeated
+    ``supercell`` times, its last atom removed when ``vacancy``, every atom displaced randomly
+    by ``rattle`` Å (standard deviation, seeded)."""
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.615, cubic=True).repeat(supercell)
+    if vacancy:
+        del atoms[-1]
+    atoms.rattle(rattle, seed=seed)
+    return atoms
 
 
 class LevelCalculator(Calculator):

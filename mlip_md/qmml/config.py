@@ -26,6 +26,8 @@ import ase.data
 import numpy as np
 
 from ..errors import HybridSetupError, UnknownElementError
+from ..runtime.model_info import ModelInfo
+from ..runtime.predictor import Prediction
 from .hybrid import HybridModel
 from .region import AtomCentre, FixedPoint, GroupCentroid, Region
 
@@ -68,60 +70,47 @@ def load_hybrid_config(path) -> Tuple[HybridModel, dict]:
     return model, dict(data.get("mpi", {}))
 
 
-class _HybridInfo:
-    """What the i-PI driver reads from ``evaluator.model``: elements and (empty) metadata."""
-
-    def __init__(self, numbers):
-        self.atomic_numbers = list(numbers)
-        self.metadata: dict = {}
-        self.path = "hybrid"
-
-    @property
-    def elements(self):
-        return [ase.data.chemical_symbols[z] for z in self.atomic_numbers]
-
-    def check_elements(self, numbers) -> None:
-        unknown = sorted(set(np.unique(numbers).tolist()) - set(self.atomic_numbers))
-        if unknown:
-            raise UnknownElementError(f"elements {[ase.data.chemical_symbols[z] for z in unknown]} are not handled by "
-                                      f"both hybrid levels (common elements: {', '.join(self.elements)})")
-
-
 class HybridEvaluator:
-    """Duck-typed evaluator for :class:`mlip_md.engines.ipi.Driver`: ``predict`` returns a
-    :class:`mlip_md.predictor.Prediction` of the hybrid (one committee member, no monitors)."""
+    """The hybrid as an :class:`~mlip_md.runtime.backend.Evaluator` for
+    :class:`mlip_md.engines.ipi.client.Driver`: ``predict`` returns a
+    :class:`~mlip_md.runtime.predictor.Prediction` of the hybrid without a committee
+    (``energy_members`` None) and without monitors; ``info`` lists the elements both levels
+    handle (no training statistics: no thresholds)."""
 
     def __init__(self, model: HybridModel, comm=None, high_ranks: Optional[int] = None):
         self.hybrid = model
-        self.model = _HybridInfo(model.known_numbers())
-        self.parallel = None
-        if comm is not None and comm.Get_size() > 1:
-            from .mpi import HybridParallel
+        self.info = ModelInfo.without_file(model.known_numbers(), label="hybrid")
+        from .mpi import hybrid_runner
 
-            self.parallel = HybridParallel(model, comm, high_ranks=high_ranks)
+        self.runner = hybrid_runner(model, comm, high_ranks)
         self.model_seconds = 0.0
         self.last = None
 
-    def predict(self, numbers, positions, cell, pbc, monitors: bool = True, force_sigma: bool = False):
+    def check_elements(self, numbers) -> None:
+        unknown = sorted(set(np.unique(numbers).tolist()) - set(self.info.atomic_numbers))
+        if unknown:
+            raise UnknownElementError(f"elements {[ase.data.chemical_symbols[z] for z in unknown]} are not handled by "
+                                      f"both hybrid levels (common elements: {', '.join(self.info.elements)})")
+
+    def predict(self, numbers, positions, cell, pbc, monitors: bool = True, force_sigma: bool = False) -> Prediction:
+        """The hybrid's energy (eV), per-atom energies [N], forces [N, 3] (eV/Å), virial and
+        stress; ``monitors`` and ``force_sigma`` have nothing to compute."""
         import time
 
-        from ..predictor import Prediction
-
         start = time.perf_counter()
-        args = (numbers, positions, cell, pbc)
-        res = self.parallel.evaluate(*args) if self.parallel is not None else self.hybrid.evaluate(*args)
+        res = self.runner.evaluate(numbers, positions, cell, pbc)
         self.model_seconds += time.perf_counter() - start
         self.last = res
         return Prediction(energy=res.energy, energies=res.energies, forces=res.forces, virial=res.virial,
-                          stress=res.stress, energy_members=res.energies[None, :])
+                          stress=res.stress)
 
     def serve(self) -> None:
-        if self.parallel is not None:
-            self.parallel.serve()
+        """Ranks > 0: evaluate parts until rank 0 calls :meth:`shutdown`."""
+        self.runner.serve()
 
     def shutdown(self) -> None:
-        if self.parallel is not None:
-            self.parallel.shutdown()
+        """Rank 0, at the end: release the other ranks."""
+        self.runner.shutdown()
 
 
 def hybrid_evaluator(path, comm=None) -> HybridEvaluator:

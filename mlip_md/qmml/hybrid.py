@@ -29,13 +29,10 @@ Requirement: r_outer below half the smallest cell width, so no atom has two imag
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Union
 
 import ase
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
-from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..errors import HybridSetupError
 from .cluster import Cluster, carve
@@ -205,62 +202,6 @@ class HybridModel:
         return {"high": self.high.describe(), "low": self.low.describe(), "region": self.region.to_dict(),
                 "r_inner": self.switch.r_inner, "r_outer": self.switch.r_outer, "shape": self.switch.shape,
                 "buffer": self.buffer, "energy_shift": dict(self.energy_shift)}
-
-
-class HybridCalculator(Calculator):
-    """ASE calculator of the smooth QM/ML hybrid (see the module docstring).
-
-    ``HybridCalculator(high, low, region, switch)`` with ``switch`` a Switch or (r_inner, r_outer)
-    in Å; keyword arguments as :class:`HybridModel`. Results: energy, free_energy, energies [N],
-    forces [N, 3], stress (3D-periodic cells). ``calc.last`` holds the full :class:`HybridResult`
-    (switch values, per-level per-atom energies, cluster size).
-
-    MPI: pass ``comm`` (mpi4py communicator, size >= 2) and optionally ``high_ranks``; rank 0 uses
-    the calculator, every other rank calls ``calc.serve()``, and rank 0 calls ``calc.shutdown()``
-    at the end (see :mod:`mlip_md.qmml.mpi`).
-    """
-
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
-
-    def __init__(self, high=None, low=None, region=None, switch=None, *, model: Optional[HybridModel] = None,
-                 comm=None, high_ranks: Optional[int] = None, **kwargs):
-        calc_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in ("label", "atoms", "directory")}
-        super().__init__(**calc_kwargs)
-        if model is None:
-            if high is None or low is None or region is None or switch is None:
-                raise HybridSetupError("HybridCalculator needs high, low, region and switch (or model=HybridModel)")
-            model = HybridModel(high, low, region, switch, **kwargs)
-        self.model = model
-        self.parallel = None
-        if comm is not None and comm.Get_size() > 1:
-            from .mpi import HybridParallel
-
-            self.parallel = HybridParallel(model, comm, high_ranks=high_ranks)
-        self.last: Optional[HybridResult] = None
-        self.seconds = 0.0
-
-    def calculate(self, atoms=None, properties: Sequence[str] = ("energy",),
-                  system_changes: Sequence[str] = tuple(all_changes)) -> None:
-        super().calculate(atoms, properties, system_changes)
-        a: ase.Atoms = self.atoms
-        start = time.perf_counter()
-        args = (a.numbers, a.positions, a.cell.array, a.pbc)
-        res = self.parallel.evaluate(*args) if self.parallel is not None else self.model.evaluate(*args)
-        self.seconds += time.perf_counter() - start
-        self.last = res
-        self.results = {"energy": res.energy, "free_energy": res.energy, "energies": res.energies,
-                        "forces": res.forces}
-        if res.stress is not None:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(res.stress)
-
-    def serve(self) -> None:
-        """Ranks > 0: evaluate parts until rank 0 calls :meth:`shutdown`."""
-        if self.parallel is not None:
-            self.parallel.serve()
-
-    def shutdown(self) -> None:
-        if self.parallel is not None:
-            self.parallel.shutdown()
 
 
 def reference_shift(high, low, atoms: ase.Atoms) -> Dict[int, float]:

@@ -104,14 +104,15 @@ class Level(abc.ABC):
 
 
 class MLIPLevel(Level):
-    """An mlip_md model file (path, ``"default"``/None for the shipped model, or ExportedModel)."""
+    """An mlip_md model file (path, ``"default"``/None for the shipped model, or a loaded backend)."""
 
     name = "mlip"
 
     def __init__(self, model=None, device: str = "cpu"):
-        from ..model.io import ExportedModel, load_model
+        from ..runtime.backend import ModelBackend
+        from ..runtime.factory import load_model
 
-        self.model = model.to(device) if isinstance(model, ExportedModel) else load_model(model, device=device)
+        self.model = model.to(device) if isinstance(model, ModelBackend) else load_model(model, device=device)
         self.cutoff = self.model.cutoff
         self.seconds = 0.0
 
@@ -213,20 +214,20 @@ class EMTLevel(Level):
 
 
 def as_level(spec: Union[str, Path, Level, object, None], device: str = "cpu") -> Level:
-    """A Level from a Level, an MLIPCalculator, an ExportedModel, an EMT calculator or a spec string:
+    """A Level from a Level, an MLIPCalculator, a loaded model backend, an EMT calculator or a spec string:
     ``emt``, ``mlip`` / ``mlip:default`` (shipped model), ``mlip:PATH`` or a path to a ``.pt`` file."""
     from ase.calculators.emt import EMT
 
     from ..engines.ase import MLIPCalculator
-    from ..model.io import ExportedModel
+    from ..runtime.backend import ModelBackend
 
     if isinstance(spec, Level):
         return spec
     if isinstance(spec, MLIPCalculator):
         return MLIPLevel(spec.model, device=device)
-    if isinstance(spec, ExportedModel):
+    if isinstance(spec, ModelBackend):
         return MLIPLevel(spec, device=device)
-    from ..reference.lammps import LammpsReference
+    from ..reference.lammps_potentials import LammpsReference
 
     if isinstance(spec, LammpsReference) and spec.pair_style == "eam/alloy":
         return EAMLevel(str(spec.files[0]))
@@ -301,7 +302,7 @@ class EAMLevel(Level):
     name = "eam/alloy"
 
     def __init__(self, potential: str):
-        from ..reference.lammps import find_potential
+        from ..engines.lammps_module import find_potential
 
         self.path = Path(find_potential(str(potential)))
         tokens = []

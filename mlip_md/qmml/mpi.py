@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import HybridSetupError
-from ..parallel import block_slice, broadcast_structure, receive_structure
+from ..runtime.parallel import block_slice, broadcast_structure, receive_structure
 from .hybrid import HybridModel, HybridResult
 
 _EVALUATE, _STOP = 1, 0
@@ -100,3 +100,30 @@ class HybridParallel:
         self.timings["high"], self.timings["low"] = float(clocks[0]), float(clocks[1])
         return self.model.combine(plan, numbers, cell, pbc, total[:m], total[m:m + n],
                                   total[m + n:m + 4 * n].reshape(n, 3), total[m + 4 * n:].reshape(3, 3))
+
+
+class SerialHybrid:
+    """:class:`HybridParallel`'s interface for one process: ``evaluate`` runs the model,
+    ``serve`` and ``shutdown`` have nothing to do."""
+
+    def __init__(self, model: HybridModel):
+        self.model = model
+
+    def evaluate(self, numbers, positions, cell, pbc) -> HybridResult:
+        return self.model.evaluate(numbers, positions, cell, pbc)
+
+    def serve(self) -> None:
+        """Nothing to serve without other ranks."""
+
+    def shutdown(self) -> None:
+        """Nothing to release without other ranks."""
+
+
+def hybrid_runner(model: HybridModel, comm=None, high_ranks: Optional[int] = None):
+    """What evaluates ``model`` for an engine: :class:`HybridParallel` over ``comm`` when it has
+    several ranks, else :class:`SerialHybrid`. Rank 0 calls ``evaluate`` and finally
+    ``shutdown``; the other ranks call ``serve``."""
+    if comm is not None and comm.Get_size() > 1:
+        return HybridParallel(model, comm, high_ranks=high_ranks)
+    return SerialHybrid(model)
+

@@ -25,12 +25,15 @@ ASE's sign (stress = -virial / V).
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ase.calculators.calculator import Calculator
 
-from .lammps import LAMMPS_PAIR_STYLES, LammpsReference, lammps_frame
+from .lammps_potentials import LAMMPS_PAIR_STYLES, LammpsReference, lammps_frame
 
 __all__ = [
     "make_reference",
+    "labelled",
     "LammpsReference",
     "MissingOptionalDependency",
     "KNOWN_SPEC_FORMS",
@@ -53,6 +56,22 @@ class MissingOptionalDependency(ImportError):
 # --------------------------------------------------------------------------------------------
 # spec parsing
 # --------------------------------------------------------------------------------------------
+
+
+def labelled(atoms, calc: Optional[Calculator] = None):
+    """A copy of ``atoms`` carrying the labels of ``calc`` (default: the calculator attached to
+    ``atoms``) in a SinglePointCalculator: energy (eV), forces [N, 3] (eV/Å) and, for 3D-periodic
+    cells, stress (ASE Voigt, eV/Å^3). The copy no longer needs the calculator."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    source = atoms.copy()
+    source.calc = calc if calc is not None else atoms.calc
+    results = {"energy": source.get_potential_energy(), "forces": source.get_forces()}
+    if source.pbc.all():
+        results["stress"] = source.get_stress()
+    frame = atoms.copy()
+    frame.calc = SinglePointCalculator(frame, **results)
+    return frame
 
 
 def make_reference(spec: str, **kwargs) -> Calculator:

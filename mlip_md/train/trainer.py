@@ -27,7 +27,7 @@ import ase
 import numpy as np
 import torch
 
-from .._atomic import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text
 from ..errors import CheckpointError, TrainingError
 from ..model.io import save_model
 from ..model.potential import MLIPotential, ModelConfig

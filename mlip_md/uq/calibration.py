@@ -71,10 +71,11 @@ import ase
 import numpy as np
 from scipy import optimize, stats
 
-from .._atomic import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text
 from ..errors import LabelledDataError
-from ..model.io import ExportedModel, load_model
-from ..predictor import Predictor
+from ..runtime.backend import ModelBackend
+from ..runtime.factory import load_model
+from ..runtime.predictor import Predictor
 
 QUANTITIES = ("energy", "forces")
 FAMILIES = ("auto", "gaussian", "student-t")
@@ -234,7 +235,7 @@ def metrics(residual: np.ndarray, sigma: np.ndarray, distribution: Distribution 
 
 def collect_residuals(predictor: Predictor, frames: Sequence[ase.Atoms]) -> Dict[str, Residuals]:
     """Energy and force residuals and the model's raw (alpha = 1) sigmas on labelled frames."""
-    evidential = predictor.model.metadata.get("uq") == "evidential"
+    evidential = predictor.info.uq == "evidential"
     if predictor.model.ensemble_size < 2 and not evidential:
         raise ValueError("calibration needs per-structure uncertainties: this model has one member; "
                          "train with --ensemble K >= 2 or --uq bll / evidential")
@@ -264,12 +265,12 @@ def collect_residuals(predictor: Predictor, frames: Sequence[ase.Atoms]) -> Dict
     }
 
 
-def candidate_distributions(model: ExportedModel, family: str) -> List[Distribution]:
+def candidate_distributions(model: ModelBackend, family: str) -> List[Distribution]:
     """Predictive families to try: Student t with K - 1 dof exists for ensembles of K >= 3."""
     if family not in FAMILIES:
         raise ValueError(f"unknown distribution family {family!r}: choose one of {', '.join(FAMILIES)}")
     k = model.ensemble_size
-    student = Distribution("student-t", float(k - 1)) if model.metadata.get("uq", "ensemble") == "ensemble" and k >= 3 else None
+    student = Distribution("student-t", float(k - 1)) if model.info.uq in (None, "ensemble") and k >= 3 else None
     if family == "student-t":
         if student is None:
             raise ValueError("a Student t calibration needs an ensemble of K >= 3 members (its dof are K - 1); "
@@ -324,7 +325,7 @@ def fit_quantity(data: Residuals, candidates: Sequence[Distribution], floor: boo
                             "nll": f["nll"], "aic": f["aic"]} for f in fits]}
 
 
-def calibrate(model: ExportedModel, frames: Sequence[ase.Atoms], test_frames: Optional[Sequence[ase.Atoms]] = None,
+def calibrate(model: ModelBackend, frames: Sequence[ase.Atoms], test_frames: Optional[Sequence[ase.Atoms]] = None,
               family: str = "auto", floor: bool = True) -> dict:
     """Fit alpha (and the predictive family and, for energies, the per-atom variance floor: see
     the module docstring) for energies and forces on ``frames``; report metrics before/after on
@@ -369,7 +370,7 @@ def calibrate(model: ExportedModel, frames: Sequence[ase.Atoms], test_frames: Op
     return report
 
 
-def apply_scales(model: ExportedModel, energy_alpha: float, force_alpha: float,
+def apply_scales(model: ModelBackend, energy_alpha: float, force_alpha: float,
                  distributions: Optional[Dict[str, Distribution]] = None, energy_floor: float = 0.0) -> None:
     """Store the variance scales (and the energy floor, eV^2 per atom) in the module buffers and
     the metadata (with the predictive distribution of each quantity, Gaussian unless given)."""
@@ -386,8 +387,8 @@ def apply_scales(model: ExportedModel, energy_alpha: float, force_alpha: float,
                          "\"from mlip_md.model.io import reexport; reexport('old.pt', 'new.pt')\") "
                          "or calibrate with --no-floor")
     distributions = distributions or {}
-    model.metadata.setdefault("calibration", {}).update(
-        energy_variance_scale=float(energy_alpha), force_variance_scale=float(force_alpha),
+    model.update_metadata(
+        "calibration", energy_variance_scale=float(energy_alpha), force_variance_scale=float(force_alpha),
         energy_variance_floor=float(energy_floor),
         energy_distribution=distributions.get("energy", GAUSSIAN).as_dict(),
         force_distribution=distributions.get("forces", GAUSSIAN).as_dict())
@@ -475,7 +476,7 @@ def calibrate_file(model_path, data, output, test=None, report_stem=None, family
     test_frames = read_structures(test, drop_nonfinite=drop_nonfinite) if test else None
     report = calibrate(model, frames, test_frames, family=family, floor=floor)
     digest = hashlib.sha256(Path(data).read_bytes()).hexdigest()
-    model.metadata["calibration"]["data"] = {"file": Path(data).name, "sha256": digest, "structures": len(frames)}
+    model.update_metadata("calibration", data={"file": Path(data).name, "sha256": digest, "structures": len(frames)})
     model.save(output)
     stem = Path(report_stem) if report_stem else Path(output).with_suffix("")
     report["reports"] = [str(p) for p in write_reports(report, Path(str(stem) + "_calibration"))]

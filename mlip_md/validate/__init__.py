@@ -10,23 +10,13 @@ a reference spec prefixed ``ref:`` (e.g. ``ref:emt``) or any ASE calculator obje
 reference is a spec string (see :func:`mlip_md.reference.make_reference`) or an ASE calculator.
 Ensemble error bars are reported when the model's results hold ``energy_members`` with K > 1.
 
-Modules: structures (cells, hops, lattice constants, relaxations), vacancy, neb, report
-(files and PASS/FAIL tables), suite (``mlip-md validate all``).
+Modules: common (defaults, model and reference resolution), structures (cells, hops, lattice
+constants, relaxations), vacancy, neb, report (files and PASS/FAIL tables), suite
+(``mlip-md validate all``).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Tuple
-
-# defaults shared by the workflows and the CLI (kept here so building the CLI parser stays cheap)
-LATTICE_NAMES = ("fcc", "bcc", "sc", "diamond", "hcp")
-RELAX_MODES = ("positions", "positions+volume")
-RELAX_FMAX = 1e-3  # eV/Å, every relaxation (vacancy cells, NEB end points)
-VACANCY_THRESHOLD = 0.05  # eV, |E_f(model) - E_f(reference)|
-NEB_FMAX = 0.01  # eV/Å, NEB convergence
-SPRING = 0.1  # eV/Å^2
-NEB_DEFAULTS = dict(barrier_rtol=0.05, barrier_atol=0.0025, barrier_switch=0.05, fperp_factor=2.0,
-                    smoothness_ratio=2.0)
+from .common import evaluate, member_energies, resolve_model, resolve_reference  # noqa: F401 (the package's API)
 
 __all__ = ["run_vacancy", "run_neb", "run_all", "resolve_model", "resolve_reference", "member_energies"]
 
@@ -45,59 +35,3 @@ def __getattr__(name):
 
         return run_all
     raise AttributeError(f"module 'mlip_md.validate' has no attribute {name!r}")
-
-
-def resolve_reference(reference) -> Tuple[object, str]:
-    """(calculator, label) from a spec string or a calculator object."""
-    if isinstance(reference, str):
-        from ..reference import make_reference
-
-        return make_reference(reference), reference.strip()
-    if reference is None:
-        raise ValueError("a reference is required, e.g. --reference lammps:eam/alloy:Cu_mishin1.eam.alloy")
-    return reference, _label(reference)
-
-
-def resolve_model(model, device: str = "cpu") -> Tuple[object, str]:
-    """(calculator, label) from a model path, None (shipped model), ``ref:SPEC`` or a calculator."""
-    if model is None or isinstance(model, (str, Path)):
-        text = None if model is None else str(model)
-        if text is not None and text.startswith("ref:"):
-            calc, label = resolve_reference(text[4:])
-            return calc, "ref:" + label
-        from ..engines.ase import MLIPCalculator
-
-        calc = MLIPCalculator(text, device=device, close_contact="ignore")
-        return calc, text or "shipped model (mlip_md/data/cu_default.pt)"
-    return model, _label(model)
-
-
-def _label(calc) -> str:
-    return getattr(calc, "validate_label", None) or getattr(calc, "reference_spec", None) or type(calc).__name__
-
-
-def member_energies(atoms):
-    """Per-member total energies [K] of the calculator's last result for ``atoms`` (which must
-    just have been evaluated), or None when the calculator has no ensemble (K < 2)."""
-    import numpy as np
-
-    results = getattr(atoms.calc, "results", {}) or {}
-    members = results.get("energy_members")
-    if members is None:
-        return None
-    members = np.asarray(members, dtype=float).ravel()
-    return members if members.size > 1 else None
-
-
-def evaluate(atoms, calc) -> dict:
-    """Energy, forces and (if any) ensemble data of ``atoms`` with ``calc``."""
-    import numpy as np
-
-    atoms = atoms.copy()
-    atoms.calc = calc
-    energy = float(atoms.get_potential_energy())
-    forces = np.array(atoms.get_forces())
-    results = getattr(calc, "results", {}) or {}
-    unc = results.get("energy_uncertainty")
-    return {"energy": energy, "forces": forces, "members": member_energies(atoms),
-            "uncertainty": None if unc is None else float(unc)}

@@ -39,8 +39,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from . import NEB_DEFAULTS as DEFAULTS
-from . import NEB_FMAX, RELAX_FMAX, SPRING, evaluate, resolve_model, resolve_reference
+from .common import NEB_DEFAULTS as DEFAULTS
+from .common import NEB_FMAX, RELAX_FMAX, SPRING, evaluate, resolve_model, resolve_reference
 from .structures import hop_endpoints, path_displacements, perfect_cell, relax
 from .vacancy import resolve_a
 

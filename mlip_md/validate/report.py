@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .._atomic import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ from ase.build import bulk
 from ase.data import atomic_numbers, reference_states
 from ase.geometry import find_mic
 
-from . import LATTICE_NAMES, RELAX_FMAX
+from .common import LATTICE_NAMES, RELAX_FMAX
 
 #: lattices the workflows can build, with the nearest-neighbour distance in units of ``a``
 LATTICES = {"fcc": 1 / np.sqrt(2), "bcc": np.sqrt(3) / 2, "sc": 1.0, "diamond": np.sqrt(3) / 4, "hcp": 1.0}

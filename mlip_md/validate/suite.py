@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Union
 
-from .._atomic import atomic_write_text
-from . import RELAX_FMAX, resolve_model, resolve_reference
+from ..files import atomic_write_text
+from .common import RELAX_FMAX, resolve_model, resolve_reference
 from .neb import DEFAULTS, NEB_FMAX, SPRING, run_neb
 from .report import summary_markdown, write_json
 from .vacancy import DEFAULT_THRESHOLD, run_vacancy

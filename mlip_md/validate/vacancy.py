@@ -22,8 +22,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from . import RELAX_FMAX, RELAX_MODES, evaluate, resolve_model, resolve_reference
-from . import VACANCY_THRESHOLD as DEFAULT_THRESHOLD
+from .common import RELAX_FMAX, RELAX_MODES, evaluate, resolve_model, resolve_reference
+from .common import VACANCY_THRESHOLD as DEFAULT_THRESHOLD
 from .structures import equilibrium_lattice_constant, perfect_cell, relax, vacancy_cell
 
 

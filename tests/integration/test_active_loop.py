@@ -126,8 +126,8 @@ def test_lammps_exploration_engine(plugin, trained_model_path, tmp_path):
     from mlip_md.active.explore import explore
     from mlip_md.active.lammps_md import LammpsTrajectory
     from mlip_md.active.systems import start_structures
-    from mlip_md.model.io import load_model
-    from mlip_md.predictor import Predictor
+    from mlip_md.runtime.factory import load_model
+    from mlip_md.runtime.predictor import Predictor
 
     cfg = config_from_dict({"system": {"structures": ["surface111", "vacancy"], "slab_size": [2, 2, 3]},
                             "explore": {"engine": "lammps", "sample_every": 4, "schedule": [
@@ -156,7 +156,7 @@ def test_ipi_exploration_engine(trained_model_path, tmp_path):
     from mlip_md.active.config import config_from_dict
     from mlip_md.active.explore import explore
     from mlip_md.active.systems import start_structures
-    from mlip_md.model.io import load_model
+    from mlip_md.runtime.factory import load_model
 
     cfg = config_from_dict({"system": {"structures": ["vacancy"]},
                             "explore": {"engine": "ipi", "sample_every": 5, "abort_ratio": 1e9,

@@ -215,8 +215,9 @@ def test_upgrade_reexports_an_older_model_file(tmp_path):
     from ase.build import bulk
 
     from mlip_md import MLIPCalculator
-    from mlip_md.model.fused import FusedModel
-    from mlip_md.model.io import default_model_path, load_model, read_metadata, reexport
+    from mlip_md.model.io import default_model_path, read_metadata, reexport
+    from mlip_md.runtime.factory import load_model
+    from mlip_md.runtime.fused import FusedBackend
 
     bare = reexport(default_model_path(), tmp_path / "bare.pt", repulsion=False)
     model = load_model(bare)
@@ -231,7 +232,7 @@ def test_upgrade_reexports_an_older_model_file(tmp_path):
     energies = []
     for path, fused in ((old, False), (tmp_path / "new.pt", True)):
         calc = MLIPCalculator(path, fused=fused)
-        assert isinstance(calc.model, FusedModel) is fused
+        assert isinstance(calc.model, FusedBackend) is fused
         energies.append(calc.get_potential_energy(atoms))
     assert abs(energies[0] - energies[1]) < 1e-9
     refused = mlip_md("upgrade", old, "-o", old, check=False)

@@ -12,8 +12,8 @@ from ase.calculators.emt import EMT
 
 from mlip_md.domain import workflows
 from mlip_md.domain.analysis import auroc
-from mlip_md.monitor import default_policy
-from mlip_md.predictor import Predictor
+from mlip_md.runtime.monitors import default_policy
+from mlip_md.runtime.predictor import Predictor
 from conftest import MLIP_MD  # noqa: E402
 
 A = 3.59  # EMT copper, close to its equilibrium

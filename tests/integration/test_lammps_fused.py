@@ -27,7 +27,7 @@ from test_lammps import (  # noqa: E402  (tests/integration is on sys.path: pyte
     triclinic_cu,
 )
 
-from mlip_md._lammps import import_lammps  # noqa: E402
+from mlip_md.engines.lammps_module import import_lammps  # noqa: E402
 
 pytestmark = pytest.mark.slow
 KEYS = ("energy", "forces", "energies", "virial", "vatom", "monitors")
@@ -218,7 +218,7 @@ def test_types_mapped_to_null_get_no_edges(plugin):
     """`pair_style hybrid/overlay mlip ... zero`, `pair_coeff * * mlip Cu NULL`: atoms of type 2
     are invisible to the model (no edges as centres or neighbours), so the energy and forces
     equal the model on the type-1 atoms alone, and type-2 atoms feel no model force."""
-    from mlip_md.predictor import Predictor
+    from mlip_md.runtime.predictor import Predictor
 
     atoms = triclinic_cu(seed=9)
     types = np.where(np.arange(len(atoms)) % 5 == 0, 2, 1)

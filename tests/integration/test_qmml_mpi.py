@@ -16,8 +16,8 @@ import pytest
 from ase.build import bulk
 from ase.io import read
 
-from mlip_md.engines import ipi_wire as wire
-from mlip_md.engines.ipi_server import IPIServer, write_ipi_xyz
+from mlip_md.engines.ipi import wire
+from mlip_md.engines.ipi.server import IPIServer, write_ipi_xyz
 from mlip_md.qmml import HybridModel
 from mlip_md.qmml.config import load_hybrid_config
 
@@ -45,7 +45,7 @@ for step in range(2):
     frame.positions += 0.03 * step
     frame.calc = calc
     out.append({"energy": frame.get_potential_energy(), "forces": frame.get_forces().tolist(),
-                "stress": frame.get_stress().tolist(), "timings": calc.parallel.timings})
+                "stress": frame.get_stress().tolist(), "timings": calc.runner.timings})
 calc.shutdown()
 json.dump(out, open(sys.argv[2], "w"))
 """

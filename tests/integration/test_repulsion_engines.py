@@ -21,10 +21,11 @@ from md_programs import run_lmp, thermo_rows  # noqa: E402
 from test_ipi import run_in_process, simulation_xml  # noqa: E402
 from test_lammps import dump_frames  # noqa: E402
 
-from mlip_md.engines.ipi_server import read_properties  # noqa: E402
-from mlip_md.model.compile import TOLERANCE, compare  # noqa: E402
-from mlip_md.model.io import default_model_path, load_model, read_metadata  # noqa: E402
-from mlip_md.predictor import Predictor  # noqa: E402
+from mlip_md.engines.ipi.server import read_properties  # noqa: E402
+from mlip_md.model.aot_compile import TOLERANCE, compare  # noqa: E402
+from mlip_md.model.io import default_model_path, read_metadata  # noqa: E402
+from mlip_md.runtime.factory import load_model  # noqa: E402
+from mlip_md.runtime.predictor import Predictor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 NKTV2P = 1.6021765e6  # LAMMPS metal units: bar * A^3 -> eV
@@ -215,7 +216,7 @@ def test_lammps_refuses_block_and_buffers_that_disagree(plugin, tmp_path):
     """The plugin's fused path reads the radii from the metadata, `fused no` from the module: a
     file where they differ is refused; a repulsion kind its C core does not know needs `fused no`
     (which the default then picks)."""
-    from mlip_md._lammps import import_lammps
+    from mlip_md.engines.lammps_module import import_lammps
 
     edited = load_model(default_model_path())
     edited.metadata["repulsion"]["r_outer"] = [[2.5]]

@@ -1,4 +1,4 @@
-"""The default safety policy (mlip_md.safety, mirrored in the LAMMPS plugin) in each engine's real
+"""The default safety policy (mlip_md.runtime.safety, mirrored in the LAMMPS plugin) in each engine's real
 output: a real ``i-pi`` server with the ``mlip-md ipi`` driver as a subprocess (its log), and the
 real ``lmp`` with the plugin (its log file, serial and ``mpiexec -n 2``).
 
@@ -21,10 +21,10 @@ import pytest
 from ase import Atoms, units
 from ase.build import bulk
 
-from mlip_md._lammps import find_potential, import_lammps
-from mlip_md.engines.ipi_server import IPIServer, read_properties, write_ipi_xyz
+from mlip_md.engines.ipi.server import IPIServer, read_properties, write_ipi_xyz
+from mlip_md.engines.lammps_module import find_potential, import_lammps
 from mlip_md.model.io import default_model_path
-from mlip_md.safety import close_contact_message, out_of_domain_message
+from mlip_md.runtime.safety import close_contact_message, out_of_domain_message
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +89,7 @@ def test_ase_thermal_crystal_is_quiet(thermal_cu):
 
     from mlip_md import MLIPCalculator
     from mlip_md.errors import CloseContactWarning
-    from mlip_md.monitor import ExtrapolationWarning
+    from mlip_md.runtime.monitors import ExtrapolationWarning
 
     atoms = thermal_cu.copy()
     atoms.calc = MLIPCalculator(skin=0.5)

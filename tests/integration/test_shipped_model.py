@@ -14,8 +14,8 @@ from ase.md.verlet import VelocityVerlet
 
 from mlip_md import MLIPCalculator
 from mlip_md.demo import vacancy_cell
+from mlip_md.model.conformance import validate_model
 from mlip_md.model.io import default_model_path, load_potential, read_metadata
-from mlip_md.model.validate import validate_model
 from mlip_md.train.data import to_graph
 from mlip_md.train.fit import evaluate_errors
 from conftest import MLIP_MD  # noqa: E402
@@ -74,7 +74,7 @@ def calibrated_intervals(frames):
     """Residuals, calibrated sigmas (as every engine reports them) and the stored predictive
     distributions: energies per structure; force components with sigma zero to rounding (fixed by
     symmetry) left out as the calibration does."""
-    from mlip_md.predictor import Predictor
+    from mlip_md.runtime.predictor import Predictor
     from mlip_md.uq.calibration import EXACT_SIGMA, Distribution
 
     calibration = read_metadata(default_model_path())["calibration"]
@@ -112,7 +112,7 @@ def test_shipped_model_force_uncertainty_is_calibrated_on_held_out_split():
     of examples/cu_dataset.py); on its own held-out test split the 95 % force intervals keep their
     promise (0.93-0.97; the README has 0.958) and the reliability curve stays close to the
     diagonal (ECE 0.040 there, against 0.135 before calibration)."""
-    from mlip_md.predictor import Predictor
+    from mlip_md.runtime.predictor import Predictor
     from mlip_md.uq.calibration import Distribution, collect_residuals, metrics
 
     calibration = read_metadata(default_model_path())["calibration"]

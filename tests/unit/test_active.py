@@ -243,7 +243,8 @@ def test_adversarial_attack_finds_the_boltzmann_weighted_maximum():
 
 def test_adversarial_raises_ensemble_variance_of_a_real_model(trained_model_path):
     from mlip_md.active.explore import Scorer
-    from mlip_md.model.io import load_model, load_potential
+    from mlip_md.model.io import load_potential
+    from mlip_md.runtime.factory import load_model
 
     model = load_model(trained_model_path)
     scorer = Scorer(model, 0.999, "chi2")

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from mlip_md.errors import ModelFileError
-from mlip_md.model.compile import TOLERANCE, compare, sample_structure
-from mlip_md.model.compiled import CompiledModel, load_compiled
-from mlip_md.model.io import load_model, load_potential, save_model
-from mlip_md.predictor import Predictor
+from mlip_md.model.aot_compile import TOLERANCE, compare, sample_structure
+from mlip_md.model.io import load_potential, save_model
+from mlip_md.runtime.compiled import CompiledBackend, load_compiled
+from mlip_md.runtime.factory import load_model
+from mlip_md.runtime.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,7 @@ def models(package):
 
 
 def alloy(repeat: int, seed: int):
-    atoms = sample_structure({"atomic_numbers": [28, 29], "monitors": {"pair_min_distance": {"28-28": 2.0}}},
-                           repeat=repeat, seed=seed)
+    atoms = sample_structure([28, 29], 2.0, repeat=repeat, seed=seed)
     rng = np.random.default_rng(seed)
     atoms.numbers = rng.choice([28, 29], size=len(atoms))
     return atoms
@@ -41,7 +41,7 @@ def alloy(repeat: int, seed: int):
 def test_package_metadata_records_its_source(package, models):
     pt = package[0]
     ts, compiled = models
-    assert isinstance(compiled, CompiledModel) and set(compiled.graphs) == {"monitors"}
+    assert isinstance(compiled, CompiledBackend) and set(compiled.graphs) == {"monitors"}
     info = compiled.metadata["compiled"]
     import hashlib
 

@@ -1,4 +1,4 @@
-"""Fused descriptor kernel in the Python engines (mlip_md.model.fused): every output of the
+"""Fused descriptor kernel in the Python engines (mlip_md.runtime.fused): every output of the
 fused path (C++ power spectrum + TorchScript evaluate_features + C++ backward) equals the
 TorchScript path, forces equal finite differences, and the auto / required / off selection."""
 from __future__ import annotations
@@ -12,10 +12,12 @@ from ase.build import bulk
 from mlip_md import MLIPCalculator
 from mlip_md.cli import build_parser
 from mlip_md.errors import UnknownElementError
-from mlip_md.model.fused import FusedModel, FusedModelError, check_fused, fused_unsupported_reason
-from mlip_md.model.io import ExportedModel, default_model_path, load_model, reexport, save_model
+from mlip_md.model.io import default_model_path, reexport, save_model
 from mlip_md.model.potential import MLIPotential, ModelConfig
-from mlip_md.predictor import Predictor
+from mlip_md.runtime.factory import load_model
+from mlip_md.runtime.fused import FusedBackend, FusedModelError, check_fused, fused_unsupported_reason
+from mlip_md.runtime.predictor import Predictor
+from mlip_md.runtime.torchscript import TorchScriptBackend
 
 KEYS = ("energy", "energies", "forces", "virial", "stress", "energy_members", "energy_uncertainty", "energy_sigma",
         "mahalanobis", "d_min", "energy_variance", "min_distance", "min_distance_ratio", "features",
@@ -41,7 +43,7 @@ def pair(model, **kw):
     """(TorchScript predictor, fused predictor) of one model."""
     plain = Predictor(model, fused=False, **kw)
     fused = Predictor(model, fused=True, **kw)
-    assert not isinstance(plain.model, FusedModel) and isinstance(fused.model, FusedModel)
+    assert not isinstance(plain.model, FusedBackend) and isinstance(fused.model, FusedBackend)
     return plain, fused
 
 
@@ -167,10 +169,10 @@ def test_fused_forces_and_stress_equal_finite_differences(tiny_files):
 
 # ---------------------------------------------------------------------------------- selection
 def test_auto_selection_and_engines():
-    assert isinstance(Predictor().model, FusedModel)  # auto: the shipped model on the CPU
-    assert not isinstance(Predictor(fused=False).model, FusedModel)
-    assert isinstance(MLIPCalculator(fused=None).model, FusedModel)
-    assert not isinstance(MLIPCalculator(fused=False).model, FusedModel)
+    assert isinstance(Predictor().model, FusedBackend)  # auto: the shipped model on the CPU
+    assert not isinstance(Predictor(fused=False).model, FusedBackend)
+    assert isinstance(MLIPCalculator(fused=None).model, FusedBackend)
+    assert not isinstance(MLIPCalculator(fused=False).model, FusedBackend)
     args = build_parser().parse_args(["ipi", "--no-fused"])
     assert args.fused is False
     assert build_parser().parse_args(["ipi"]).fused is None and build_parser().parse_args(["ipi", "--fused"]).fused
@@ -180,10 +182,10 @@ def test_old_model_file_falls_back_or_names_reexport(tmp_path):
     model = load_model(default_model_path())
     del model.metadata["descriptor"]
     old = model.save(tmp_path / "old.pt")
-    assert not isinstance(Predictor(old).model, FusedModel)  # auto falls back quietly
+    assert not isinstance(Predictor(old).model, FusedBackend)  # auto falls back quietly
     with pytest.raises(FusedModelError, match=r"no descriptor block.*mlip_md\.model\.io\.reexport"):
         Predictor(old, fused=True)
-    assert isinstance(Predictor(reexport(old, tmp_path / "new.pt"), fused=True).model, FusedModel)
+    assert isinstance(Predictor(reexport(old, tmp_path / "new.pt"), fused=True).model, FusedBackend)
 
 
 def test_unsupported_device_compiled_and_elements():
@@ -191,7 +193,7 @@ def test_unsupported_device_compiled_and_elements():
     assert fused_unsupported_reason(model) is None
     with pytest.raises(FusedModelError, match="CPU only.*fused=False"):
         check_fused(model, device="cuda")
-    fused = FusedModel(model)
+    fused = FusedBackend(model)
     with pytest.raises(FusedModelError, match="CPU only.*fused=False"):
         fused.to("cuda")
     from ase.calculators.calculator import CalculatorSetupError
@@ -205,7 +207,7 @@ def test_unsupported_device_compiled_and_elements():
 
 def test_fused_model_call_matches_exported_keys():
     model = load_model(None)
-    fused = FusedModel(model)
+    fused = FusedBackend(model)
     atoms = bulk("Cu", "fcc", a=3.615, cubic=True)
     from mlip_md.neighbors import neighbor_list
 
@@ -218,7 +220,7 @@ def test_fused_model_call_matches_exported_keys():
         for key in a:
             assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype, key
         assert torch.allclose(a["edge_grad"], b["edge_grad"], rtol=0, atol=1e-12)
-    assert isinstance(fused, ExportedModel) and fused.cutoff == model.cutoff and fused.metadata is model.metadata
+    assert isinstance(fused, TorchScriptBackend) and fused.cutoff == model.cutoff and fused.metadata is model.metadata
 
 
 def test_dtype_option_runs_a_float64_file_in_float32(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of mlip_md.engines.ipi_wire (C++ i-PI socket codec) against i-PI 3.3.1's own code."""
+"""Tests of mlip_md.engines.ipi.wire (C++ i-PI socket codec) against i-PI 3.3.1's own code."""
 from __future__ import annotations
 
 import importlib.machinery
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlip_md.engines import ipi_wire as w
+from mlip_md.engines.ipi import wire as w
 from mlip_md.errors import ProtocolError
 
 import ipi.interfaces.sockets as ipi_sockets  # noqa: E402  (i-PI is a core dependency: never skipped)

@@ -10,8 +10,8 @@ import torch
 from ase.calculators.calculator import CalculatorSetupError
 
 from mlip_md.errors import ModelFileError
-from mlip_md.model.io import (FORMAT_VERSION, METADATA_NAME, load_model, load_potential, read_metadata, reexport,
-                              save_model)
+from mlip_md.model.io import FORMAT_VERSION, METADATA_NAME, load_potential, read_metadata, reexport, save_model
+from mlip_md.runtime.factory import load_model
 
 
 @pytest.fixture()

@@ -8,8 +8,8 @@ import pytest
 from ase.build import bulk
 from ase.io import read
 
-from mlip_md.monitor import ExtrapolationHalt, ExtrapolationWarning, MonitorPolicy, Rule, default_policy
-from mlip_md.predictor import Prediction
+from mlip_md.runtime.monitors import ExtrapolationHalt, ExtrapolationWarning, MonitorPolicy, Rule, default_policy
+from mlip_md.runtime.predictor import Prediction
 
 
 def prediction(sigma_max=0.01, t2=10.0, ratio=1.2, n=4, force_sigma=None):

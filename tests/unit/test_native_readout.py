@@ -11,12 +11,13 @@ import torch
 from ase.build import bulk
 
 from mlip_md import _core
-from mlip_md.model.fused import FusedModel
-from mlip_md.model.io import load_model, save_model
+from mlip_md.model.io import save_model
 from mlip_md.model.native_readout import NativeReadout, native_readout, native_readout_unsupported_reason
 from mlip_md.model.potential import MLIPotential, ModelConfig
 from mlip_md.neighbors import neighbor_list
-from mlip_md.predictor import Predictor
+from mlip_md.runtime.factory import load_model
+from mlip_md.runtime.fused import FusedBackend
+from mlip_md.runtime.predictor import Predictor
 
 
 def random_model(hidden, uq="ensemble", species=(29, 28)) -> MLIPotential:
@@ -102,7 +103,7 @@ def test_fused_engines_use_it_without_monitors_and_agree():
     assert np.abs(a.virial - b.virial).max() < 1e-9
     assert np.abs(a.energies - b.energies).max() < 1e-10
     # the TorchScript readout inside the fused path gives the same numbers
-    torchscript = FusedModel(plain.model, native_readout=False)
+    torchscript = FusedBackend(plain.model, native_readout=False)
     assert torchscript.native_readout is None
     species = torch.as_tensor(atoms.numbers)
     nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, fused.model.cutoff)
@@ -117,7 +118,7 @@ def test_unsupported_heads_keep_the_torchscript_readout(tmp_path):
     model = load_model(save_model(random_model((8,), uq="bll"), tmp_path / "bll.pt"))
     assert "ensemble" in native_readout_unsupported_reason(model)
     assert native_readout(model) is None
-    assert FusedModel(model).native_readout is None
+    assert FusedBackend(model).native_readout is None
 
 
 def test_bad_input_is_named():
@@ -141,12 +142,12 @@ def test_bad_input_is_named():
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
 def test_energy_and_forces_equal_assembled_edge_gradients(tmp_path, dtype, tol):
-    """FusedModel.energy_and_forces (backward accumulating forces and virial in the kernel's
+    """FusedBackend.energy_and_forces (backward accumulating forces and virial in the kernel's
     edge loop) equals the model call's edge gradients assembled by mlip_assemble_forces."""
     from mlip_md.model.assemble import forces_and_virial
 
     model = load_model(save_model(random_model((13, 5)), tmp_path / "m.pt", dtype=dtype))
-    fused = FusedModel(model)
+    fused = FusedBackend(model)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     atoms.rattle(0.1, seed=5)
     atoms.numbers = np.random.default_rng(5).choice([28, 29], size=len(atoms))
@@ -155,7 +156,7 @@ def test_energy_and_forces_equal_assembled_edge_gradients(tmp_path, dtype, tol):
     edge_index = torch.as_tensor(np.stack([nl.i, nl.j]))
     vectors = torch.as_tensor(nl.vectors).to(fused.dtype)
     out = fused.energy_and_forces(species, edge_index, vectors, len(atoms))
-    ref = FusedModel(model, native_readout=False)(species, edge_index, vectors, len(atoms), monitors=False)
+    ref = FusedBackend(model, native_readout=False)(species, edge_index, vectors, len(atoms), monitors=False)
     forces, virial = forces_and_virial(ref["edge_grad"].to(torch.float64), edge_index, vectors.to(torch.float64),
                                        len(atoms))
     assert out["forces"].dtype == torch.float64 and "edge_grad" not in out
@@ -165,7 +166,7 @@ def test_energy_and_forces_equal_assembled_edge_gradients(tmp_path, dtype, tol):
     assert float((out["virial"] - virial).abs().max()) <= tol * float(virial.abs().max())
     assert float(out["energy"]) == pytest.approx(float(ref["energy"]), rel=tol)
     with pytest.raises(Exception, match="no C readout"):
-        FusedModel(model, native_readout=False).energy_and_forces(species, edge_index, vectors, len(atoms))
+        FusedBackend(model, native_readout=False).energy_and_forces(species, edge_index, vectors, len(atoms))
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-13), ("float32", 1e-5)])
@@ -174,7 +175,7 @@ def test_one_pass_equals_the_separate_kernel_calls(tmp_path, dtype, tol):
     equals forward -> readout -> backward_forces: 2 species, 37 centres (not a multiple of the
     block) plus ghost atoms, an isolated centre without edges, edges in shuffled order."""
     model = load_model(save_model(random_model((13, 5)), tmp_path / "m.pt", dtype=dtype))
-    fused = FusedModel(model)
+    fused = FusedBackend(model)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 2))[:40]
     atoms.rattle(0.1, seed=7)
     atoms.numbers = np.random.default_rng(7).choice([28, 29], size=len(atoms))
@@ -204,7 +205,7 @@ def test_one_pass_equals_the_separate_kernel_calls(tmp_path, dtype, tol):
 
 
 def test_one_pass_names_a_readout_of_another_model(tmp_path):
-    fused = FusedModel(load_model(save_model(random_model((13, 5)), tmp_path / "m.pt")))
+    fused = FusedBackend(load_model(save_model(random_model((13, 5)), tmp_path / "m.pt")))
     small = _core.MLPReadout([np.zeros((2, 2, 4, 3)), np.zeros((2, 2, 3, 1))], [np.zeros((2, 2, 3)), np.zeros((2, 2, 1))],
                              np.zeros(4), np.ones(4), np.zeros(2), 1.0)
     with pytest.raises(ValueError, match="the readout takes 4 features, the descriptor makes"):

@@ -7,8 +7,8 @@ import pytest
 from ase.build import bulk
 
 from mlip_md.model.io import save_model
-from mlip_md.parallel import ParallelPredictor
-from mlip_md.predictor import Predictor
+from mlip_md.runtime.parallel import ParallelPredictor
+from mlip_md.runtime.predictor import Predictor
 
 
 class _OneRank:

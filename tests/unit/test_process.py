@@ -67,7 +67,7 @@ import resource
 from mlip_md.process import keep_freed_memory
 mode = keep_freed_memory()
 from ase.build import bulk
-from mlip_md.predictor import Predictor
+from mlip_md.runtime.predictor import Predictor
 import torch
 torch.set_num_threads(1)
 predictor = Predictor(None, skin=0.5)

@@ -13,7 +13,7 @@ from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
 from mlip_md import MLIPCalculator
-from mlip_md.predictor import Predictor
+from mlip_md.runtime.predictor import Predictor
 from mlip_md.qmml import (AtomCentre, EAMLevel, EMTLevel, FixedPoint, GroupCentroid, HybridCalculator, HybridModel,
                           MLIPLevel, ONIOMCalculator, Switch, as_level, carve, reference_shift)
 from mlip_md.qmml.check import check_switch, drag, nve_comparison, run_check

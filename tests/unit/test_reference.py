@@ -9,7 +9,7 @@ from ase.build import bulk, fcc111
 from ase.calculators.calculator import CalculationFailed, PropertyNotImplementedError
 from scipy.spatial.transform import Rotation
 
-from mlip_md._lammps import find_potential, import_lammps, potentials_dir
+from mlip_md.engines.lammps_module import find_potential, import_lammps, potentials_dir
 from mlip_md.reference import (
     LammpsReference,
     MissingOptionalDependency,

@@ -16,9 +16,10 @@ from mlip_md import MLIPCalculator
 from mlip_md._native import core
 from mlip_md.errors import ModelFileError
 from mlip_md.model.assemble import forces_and_virial
-from mlip_md.model.fused import FusedModel
-from mlip_md.model.io import default_model_path, load_model, load_potential, read_metadata, reexport, save_model
+from mlip_md.model.io import default_model_path, load_potential, read_metadata, reexport, save_model
 from mlip_md.model.potential import MLIPotential, ModelConfig
+from mlip_md.runtime.factory import load_model
+from mlip_md.runtime.fused import FusedBackend
 from mlip_md.model.repulsion import (
     COVALENT_FRACTION,
     INNER_FRACTION,
@@ -27,9 +28,9 @@ from mlip_md.model.repulsion import (
     repulsion_radii,
     switched_zbl,
 )
-from mlip_md.model.validate import validate_model
+from mlip_md.model.conformance import validate_model
 from mlip_md.neighbors import neighbor_list
-from mlip_md.predictor import Predictor
+from mlip_md.runtime.predictor import Predictor
 from mlip_md.train.data import to_graph
 from mlip_md.train.fit import fit_domain_statistics
 
@@ -75,7 +76,7 @@ def test_zbl_equals_hand_computed_universal_formula():
 def test_zbl_equals_lammps_pair_zbl():
     """LAMMPS' own ZBL (pair_style zbl, its switch beyond 3 Å): the same forces and, up to the
     constant its switch adds below the inner radius, the same energies for Cu-Cu and Ni-Cu."""
-    from mlip_md._lammps import import_lammps
+    from mlip_md.engines.lammps_module import import_lammps
 
     distances = np.array([0.3, 0.7, 1.1, 1.6, 2.2])
     for za, zb in ((29, 29), (28, 29)):
@@ -265,7 +266,7 @@ def test_forces_and_stress_equal_derivatives_in_and_below_the_switch(fused):
     neighbour: forces = -dE/dx and stress = dE/dstrain / V by central differences, through the
     Predictor (fused: descriptor kernel + C readout + C repulsion; else TorchScript)."""
     predictor = Predictor(default_model_path(), fused=fused)
-    assert isinstance(predictor.model, FusedModel) == fused
+    assert isinstance(predictor.model, FusedBackend) == fused
     for r in (1.4, 0.7):
         atoms = pushed_pair(r, repeat=2, rattle=0.02, seed=4)
         pred = predictor.predict_atoms(atoms, monitors=False)
@@ -304,7 +305,7 @@ def test_engines_agree_to_1e10_in_and_below_the_switch(no_repulsion):
     kernel + C readout + edge gradients, and the one-pass C energy_and_forces: same energies,
     members, forces and virial in float64."""
     model = load_model(default_model_path())
-    fused = FusedModel(load_model(default_model_path()))
+    fused = FusedBackend(load_model(default_model_path()))
     assert fused.repulsion is not None
     for r in (1.4, 0.7):
         atoms = pushed_pair(r, rattle=0.02, seed=1)
@@ -477,7 +478,7 @@ def test_fused_host_refuses_block_and_buffers_that_disagree(tmp_path):
         Predictor(path, fused=True)
     model.metadata["repulsion"] = {"kind": "morse", "version": 1}
     path = model.save(tmp_path / "unknown.pt")
-    assert not isinstance(Predictor(path).model, FusedModel)  # auto: the TorchScript module evaluates it
+    assert not isinstance(Predictor(path).model, FusedBackend)  # auto: the TorchScript module evaluates it
     with pytest.raises(ModelFileError, match="'morse'"):
         Predictor(path, fused=True)
 

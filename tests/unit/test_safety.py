@@ -1,4 +1,4 @@
-"""The default safety policy (mlip_md.safety): rate limiting, the messages, and the ASE
+"""The default safety policy (mlip_md.runtime.safety): rate limiting, the messages, and the ASE
 calculator's close-contact / out-of-domain warnings with the shipped model."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from ase.io import read
 
 from mlip_md import MLIPCalculator
 from mlip_md.errors import CloseContactWarning, InvalidStructureError
-from mlip_md.model.io import load_model
-from mlip_md.monitor import DomainThresholds, ExtrapolationWarning, domain_thresholds
-from mlip_md.predictor import Prediction
-from mlip_md.safety import (CloseContactHalt, OutOfDomainWarning, RateLimiter, SafetyPolicy, close_contact_message,
+from mlip_md.runtime.factory import load_model
+from mlip_md.runtime.monitors import DomainThresholds, ExtrapolationWarning, domain_thresholds
+from mlip_md.runtime.predictor import Prediction
+from mlip_md.runtime.safety import (CloseContactHalt, OutOfDomainWarning, RateLimiter, SafetyPolicy, close_contact_message,
                             out_of_domain_message)
 
 # the shipped model: closest Cu-Cu pair in training, largest training T^2, largest held-out d_min

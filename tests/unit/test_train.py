@@ -8,8 +8,9 @@ import pytest
 import torch
 from ase.build import molecule
 
-from mlip_md.model.io import load_model, load_potential, read_metadata
+from mlip_md.model.io import load_potential, read_metadata
 from mlip_md.model.potential import ModelConfig
+from mlip_md.runtime.factory import load_model
 from mlip_md.train.data import collate, dataset_hash, read_structures, to_graph
 from mlip_md.train.fit import evaluate_errors, fit_normalisation
 from mlip_md.train.loss import loss_terms, predict_batch

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from mlip_md.model.io import load_model, load_potential, read_metadata
+from mlip_md.model.conformance import validate_model
+from mlip_md.model.io import load_potential, read_metadata
 from mlip_md.model.potential import MLIPotential, ModelConfig
-from mlip_md.model.validate import validate_model
-from mlip_md.predictor import Predictor
+from mlip_md.runtime.factory import load_model
+from mlip_md.runtime.predictor import Predictor
 from mlip_md.train.data import to_graph
 from mlip_md.train.trainer import TrainConfig, split_train_val, train_ensemble
 from mlip_md.uq.bll import last_layer_design

@@ -6,9 +6,9 @@ from typing import Dict
 
 import torch
 
+from mlip_md.model.conformance import validate_model
 from mlip_md.model.io import METADATA_NAME, build_metadata, save_model
 from mlip_md.model.potential import MLIPotential
-from mlip_md.model.validate import validate_model
 
 
 def test_random_potential_passes(tmp_path, random_potential):

@@ -9,11 +9,11 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from ase import units
 
+from mlip_md._native import core
 from mlip_md.engines.ase import MLIPCalculator
 from mlip_md.model.io import save_model
 from mlip_md.neighbors import neighbor_list
-from mlip_md._native import core
-from mlip_md.verlet import VerletList
+from mlip_md.runtime.neighbor_reuse import VerletList
 
 
 def pair_set(nl) -> set:
