@@ -567,6 +567,9 @@ cdef extern from "mlip_md.h" nogil:
         int32_t l_max
         double cutoff
         double switch_width
+        int32_t n_channels
+        const double *radial_mixing
+    int mlip_power_spectrum_check(const mlip_power_spectrum_params *params, char *errbuf, size_t errbuf_len)
     int64_t mlip_power_spectrum_n_features(const mlip_power_spectrum_params *params)
     int64_t mlip_power_spectrum_density_size(const mlip_power_spectrum_params *params)
     int mlip_power_spectrum_forward_f64(const mlip_power_spectrum_params *params, int64_t n_local,
@@ -599,13 +602,33 @@ cdef extern from "mlip_md.h" nogil:
                                                 double *virial, char *errbuf, size_t errbuf_len)
 
 
-cdef mlip_power_spectrum_params _ps_params(params) except *:
-    cdef mlip_power_spectrum_params p
-    p.n_species, p.n_max, p.l_max, p.cutoff, p.switch_width = params
-    if mlip_power_spectrum_n_features(&p) < 0:
-        raise ValueError(f"invalid power-spectrum parameters {tuple(params)} "
-                         "(n_species, n_max, l_max, cutoff, switch_width)")
-    return p
+cdef object _ps_params(params, mlip_power_spectrum_params *p):
+    """Fill ``p`` from ``params`` = (n_species, n_max, l_max, cutoff, switch_width) (version 1,
+    one-hot species) or (..., radial_mixing) with radial_mixing [n_species, n_max, Q] (version 2,
+    species-compressed; None: one-hot). Returns the float64 array ``p.radial_mixing`` points
+    into: keep it alive while ``p`` is used."""
+    params = tuple(params)
+    if len(params) not in (5, 6):
+        raise ValueError(f"power-spectrum parameters must be (n_species, n_max, l_max, cutoff, switch_width"
+                         f"[, radial_mixing]), got {len(params)} values")
+    p.n_species, p.n_max, p.l_max, p.cutoff, p.switch_width = params[:5]
+    p.n_channels = 0
+    p.radial_mixing = NULL
+    mixing = params[5] if len(params) == 6 else None
+    cdef cnp.ndarray w
+    if mixing is not None:
+        mixing = np.ascontiguousarray(mixing, dtype=np.float64)
+        shape = mixing.shape
+        if len(shape) != 3 or shape[0] != p.n_species or shape[1] != p.n_max or not 1 <= shape[2] < 2 ** 31:
+            raise ValueError(f"radial_mixing must be [n_species={p.n_species}, n_max={p.n_max}, Q >= 1], "
+                             f"got shape {shape}")
+        w = mixing
+        p.n_channels = <int32_t>shape[2]
+        p.radial_mixing = <const double *>w.data
+    cdef char errbuf[MLIP_ERRBUF_LEN]
+    if mlip_power_spectrum_check(p, errbuf, MLIP_ERRBUF_LEN) != MLIP_OK:
+        raise ValueError(errbuf.decode("utf-8", "replace"))
+    return mixing
 
 
 def _ps_common(species_index, edge_index, edge_vectors):
@@ -622,8 +645,9 @@ def _ps_common(species_index, edge_index, edge_vectors):
 def power_spectrum_forward(params, species_index, edge_index, edge_vectors, int64_t n_local):
     """Raw ``mlip_power_spectrum_forward_*``: ``(features [n_local, D], density [n_local, Q L2])``
     in the dtype of ``edge_vectors`` (float64 or float32). ``params`` = (n_species, n_max,
-    l_max, cutoff, switch_width)."""
-    cdef mlip_power_spectrum_params p = _ps_params(params)
+    l_max, cutoff, switch_width[, radial_mixing [n_species, n_max, Q] or None])."""
+    cdef mlip_power_spectrum_params p
+    keep = _ps_params(params, &p)
     s, ei, v = _ps_common(species_index, edge_index, edge_vectors)
     cdef int64_t n_all = s.shape[0], n_edges = ei.shape[1]
     features = np.empty((max(n_local, 0), mlip_power_spectrum_n_features(&p)), dtype=v.dtype)
@@ -650,7 +674,8 @@ def power_spectrum_backward(params, species_index, edge_index, edge_vectors, den
                             int64_t n_local):
     """Raw ``mlip_power_spectrum_backward_*``: edge gradients [E, 3] for feature_grad
     [n_local, D], or [K, E, 3] for [K, n_local, D]; dtype of ``edge_vectors``."""
-    cdef mlip_power_spectrum_params p = _ps_params(params)
+    cdef mlip_power_spectrum_params p
+    keep = _ps_params(params, &p)
     s, ei, v = _ps_common(species_index, edge_index, edge_vectors)
     d = np.ascontiguousarray(density, dtype=v.dtype)
     g = np.ascontiguousarray(feature_grad, dtype=v.dtype)
@@ -689,7 +714,8 @@ def power_spectrum_backward_forces(params, species_index, edge_index, edge_vecto
     """Raw ``mlip_power_spectrum_backward_forces_*``: ``(forces [n_all, 3], virial [3, 3] or
     None)`` in float64 (F_i += g_ij, F_j -= g_ij, W = -sum r (x) g) for the energy gradient
     feature_grad [n_local, D]; inputs in the dtype of ``edge_vectors``."""
-    cdef mlip_power_spectrum_params p = _ps_params(params)
+    cdef mlip_power_spectrum_params p
+    keep = _ps_params(params, &p)
     s, ei, v = _ps_common(species_index, edge_index, edge_vectors)
     d = np.ascontiguousarray(density, dtype=v.dtype)
     g = np.ascontiguousarray(feature_grad, dtype=v.dtype)
@@ -965,7 +991,8 @@ cdef class MLPReadout:
         and this readout in one pass. Returns ``(atomic_energy [n_local], member_energy [K,
         n_local], forces [n_all, 3] float64, virial [3, 3] float64 or None)``; edge_vectors in
         this readout's dtype."""
-        cdef mlip_power_spectrum_params p = _ps_params(params)
+        cdef mlip_power_spectrum_params p
+        keep = _ps_params(params, &p)
         s, ei, v = _ps_common(species_index, edge_index, edge_vectors)
         if v.dtype != self.dtype:
             raise ValueError(f"edge_vectors are {v.dtype}, the readout runs in {self.dtype}")

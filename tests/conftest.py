@@ -13,7 +13,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlip_md.model.potential import MLIPotential, ModelConfig
 from mlip_md.train.data import to_graph
-from mlip_md.train.fit import fit_domain_statistics, fit_normalisation
+from mlip_md.train.fit import fit_domain_monitors, fit_domain_statistics, fit_normalisation
 
 #: The `mlip-md` console script of this environment: tests run the command as users do, from the
 #: repository root, with no PYTHONSAFEPATH or in-place build to help them.
@@ -99,9 +99,10 @@ def two_element_model() -> MLIPotential:
         model.atomic_reference_energy.copy_(torch.tensor([-1.3, -2.1]))
         model.energy_variance_scale.fill_(1.7)
         model.energy_variance_floor.fill_(2e-5)
-        model.domain_precision.copy_(torch.eye(d).expand(2, d, d) * torch.tensor([1.0, 2.0]).view(2, 1, 1))
+        fit_domain_monitors(model, torch.randn(64, d, generator=gen, dtype=torch.float64), torch.arange(64) % 2)
         model.pair_min_distance.fill_(2.0)
-        model.reference_features = torch.randn(2, 5, d, generator=gen, dtype=torch.float64)
+        p = model.domain_projection.shape[1]  # monitor coordinates: P components and the residual
+        model.reference_features = torch.randn(2, 5, p + 1, generator=gen, dtype=torch.float64)
         model.reference_count.copy_(torch.tensor([5, 3]))
         model.repulsion_inner.copy_(torch.tensor([[1.0, 0.95], [0.95, 0.9]], dtype=torch.float64))
         model.repulsion_outer.copy_(torch.tensor([[2.0, 1.9], [1.9, 1.8]], dtype=torch.float64))

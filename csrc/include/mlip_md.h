@@ -472,27 +472,49 @@ MLIP_API int mlip_switch_evaluate(int shape, double r_inner, double r_outer, con
  * it instead of the TorchScript descriptor and call the model's `evaluate_features` for the
  * rest, which is several times faster (no padded tensors, no autograd graph over edges).
  *
- * For centre i, neighbour species s and radial channel n (q = s n_max + n, Q = S n_max,
- * L2 = (l_max + 1)^2 harmonics ordered l = 0..l_max, m = -l..l):
+ * For centre i, Q density channels q and L2 = (l_max + 1)^2 harmonics ordered l = 0..l_max,
+ * m = -l..l, with s_j the species of neighbour j:
  *
  *   R_n(r) = sqrt(2 / r_c) sin(n pi r / r_c) / r f_c(r),   n = 1..n_max
  *   f_c    = 1 - (10 t^3 - 15 t^4 + 6 t^5),  t = clamp((r - r_c + w) / w, 0, 1)
- *   c_i[q][lm] = sum_{j in N(i), species j = s} R_n(r_ij) Y_lm(r_ij / |r_ij|)
+ *   c_i[q][lm] = sum_{j in N(i)} R'_{s_j q}(r_ij) Y_lm(r_ij / |r_ij|)
  *   features_i = ( c_i[q][0] for q < Q,
  *                  then for l = 0..l_max: (2l + 1)^-1/2 sum_m c_i[q][lm] c_i[q'][lm]
  *                  for q <= q' in row-major upper-triangle order )
+ *
+ * where the per-species radial functions R'_{s q} are
+ *
+ *   version 1 (radial_mixing NULL, one-hot species): Q = S n_max and R'_{s q} = R_n for
+ *             q = s n_max + n, 0 for the other q (each species has its own n_max channels);
+ *   version 2 (species-compressed, radial_mixing W [S][n_max][Q]): Q = n_channels and
+ *             R'_{s q} = sum_n W[s][n][q] R_n (neighbour species and radial channel mixed into
+ *             Q pseudo-channels, so D does not grow with S). The one-hot W of version 1 gives
+ *             version 1's features.
+ *
+ * (The radial index n of q and of W counts from 0 there: row n holds R_{n+1}.)
  *
  * so D = Q + Q (Q + 1) / 2 (l_max + 1). Y_lm are real, orthonormal, without the
  * Condon-Shortley phase (mlip_md.model.spherical). Edges at or beyond r_c contribute nothing.
  */
 typedef struct mlip_power_spectrum_params {
-    int32_t n_species;   /* S >= 1                                       */
-    int32_t n_max;       /* radial channels per species, >= 1            */
-    int32_t l_max;       /* 0 <= l_max <= MLIP_POWER_SPECTRUM_MAX_L       */
-    double cutoff;       /* r_c > 0, Angstrom                            */
-    double switch_width; /* w in (0, r_c], Angstrom                      */
+    int32_t n_species;           /* S >= 1                                               */
+    int32_t n_max;               /* radial functions R_n, 1 <= n_max <= 64                */
+    int32_t l_max;               /* 0 <= l_max <= MLIP_POWER_SPECTRUM_MAX_L               */
+    double cutoff;               /* r_c > 0, Angstrom                                    */
+    double switch_width;         /* w in (0, r_c], Angstrom                              */
+    int32_t n_channels;          /* Q of version 2, 1..MLIP_POWER_SPECTRUM_MAX_CHANNELS;
+                                    0 (or S n_max) with radial_mixing NULL: version 1    */
+    const double *radial_mixing; /* W [S][n_max][n_channels] row-major, finite; NULL: one-hot
+                                    species (version 1). Read on every call, not copied:
+                                    keep it alive while the params are used              */
 } mlip_power_spectrum_params;
 #define MLIP_POWER_SPECTRUM_MAX_L 8
+#define MLIP_POWER_SPECTRUM_MAX_CHANNELS 1024
+
+/* MLIP_OK when the parameters are valid, else MLIP_ERR_INVALID_ARGUMENT with a message naming
+ * the bad value (sizes, radii, n_channels without or with a radial_mixing, a non-finite entry
+ * of radial_mixing). Every other function of this section checks the same. */
+MLIP_API int mlip_power_spectrum_check(const mlip_power_spectrum_params *params, char *errbuf, size_t errbuf_len);
 
 /* Number of features D per centre, or -1 when the parameters are invalid. */
 MLIP_API int64_t mlip_power_spectrum_n_features(const mlip_power_spectrum_params *params);

@@ -1,13 +1,17 @@
 // Fused forward and backward pass of the built-in model's power-spectrum descriptor
 // (mlip_md.model.descriptor.PowerSpectrum); see section 5 of mlip_md.h for the definitions.
 //
-// Forward: one pass over the edges accumulates the density c_i[q][lm] += R_n Y_lm, then each
+// Forward: one pass over the edges accumulates the density c_i[q][lm] += R'_q Y_lm, then each
 // centre's power spectrum is formed from its density block. Backward: per centre, the feature
 // gradient is pulled back to the density (dF/dc, a few hundred numbers), then each of the
 // centre's edges gets
 //
-//   dF/dv = u sum_n A_n R_n'(r) + (G - (u . G) u) / r,
-//   A_n = sum_lm dF/dc[s n][lm] Y_lm,  B_lm = sum_n dF/dc[s n][lm] R_n,  G = sum_lm B_lm grad_u Y_lm
+//   dF/dv = u sum_q A_q R'_q'(r) + (G - (u . G) u) / r,
+//   A_q = sum_lm dF/dc[q][lm] Y_lm,  B_lm = sum_q dF/dc[q][lm] R'_q,  G = sum_lm B_lm grad_u Y_lm
+//
+// where R'_q is the edge's radial row of channel q: R_n in row s n_max + n for the edge's
+// species s (version 1, one-hot), or sum_n W[s][n][q] R_n (version 2, species-compressed; the
+// edges of a centre are grouped by species so the mixing runs over contiguous lanes).
 //
 // (u = v / r; grad_u Y is the gradient of Y's polynomial in (x, y, z), projected onto the
 // sphere by the (I - u u^T) / r Jacobian of u(v)). The basis of an edge is computed once and
@@ -41,26 +45,63 @@ constexpr int kChunk = MLIP_PS_VECTOR_BYTES / int(sizeof(T));
 constexpr int kBlock = 4;
 constexpr int kLanePad = MLIP_PS_VECTOR_BYTES / 4;    // a multiple of kChunk<float> and kChunk<double>
 
+constexpr int kMaxChannels = MLIP_POWER_SPECTRUM_MAX_CHANNELS;
+
 struct Layout {
     int S, N, L, L2, Q;
     int64_t D;
     double cutoff, width;
+    const double *W;    // radial mixing [S][N][Q] (version 2), or nullptr: one-hot species (version 1)
 };
 
-bool make_layout(const mlip_power_spectrum_params *p, Layout &out) {
-    if (p == nullptr) return false;
-    if (p->n_species < 1 || p->n_max < 1 || p->n_max > kMaxRadial || p->l_max < 0 || p->l_max > kMaxL) return false;
-    if (!(p->cutoff > 0.0) || !std::isfinite(p->cutoff)) return false;
-    if (!(p->switch_width > 0.0) || !(p->switch_width <= p->cutoff)) return false;
+// The layout of valid parameters, or MLIP_ERR_INVALID_ARGUMENT with a message naming the bad one.
+int make_layout(const mlip_power_spectrum_params *p, Layout &out, char *errbuf, size_t errbuf_len) {
+    if (p == nullptr) return fail(errbuf, errbuf_len, "power-spectrum parameters are NULL");
+    if (p->n_species < 1 || p->n_max < 1 || p->n_max > kMaxRadial || p->l_max < 0 || p->l_max > kMaxL ||
+        !(p->cutoff > 0.0) || !std::isfinite(p->cutoff) || !(p->switch_width > 0.0) ||
+        !(p->switch_width <= p->cutoff))
+        return fail(errbuf, errbuf_len,
+                    "invalid power-spectrum parameters n_species=%d n_max=%d l_max=%d cutoff=%g switch_width=%g "
+                    "(need n_species >= 1, 1 <= n_max <= %d, 0 <= l_max <= %d, cutoff > 0, "
+                    "0 < switch_width <= cutoff)",
+                    p->n_species, p->n_max, p->l_max, p->cutoff, p->switch_width, kMaxRadial, kMaxL);
+    const int64_t one_hot = int64_t(p->n_species) * p->n_max;
+    if (p->radial_mixing == nullptr) {
+        if (p->n_channels != 0 && p->n_channels != one_hot)
+            return fail(errbuf, errbuf_len,
+                        "n_channels=%d without a radial_mixing matrix: pass the matrix W [n_species][n_max]"
+                        "[n_channels] of the species-compressed descriptor, or n_channels 0 for one-hot species",
+                        p->n_channels);
+        if (one_hot > kMaxChannels * int64_t(kMaxChannels))
+            return fail(errbuf, errbuf_len, "n_species * n_max = %lld channels is too many", (long long)one_hot);
+        out.Q = int(one_hot);
+        out.W = nullptr;
+    } else {
+        if (p->n_channels < 1 || p->n_channels > kMaxChannels)
+            return fail(errbuf, errbuf_len,
+                        "n_channels=%d: the species-compressed descriptor needs 1 <= n_channels <= %d "
+                        "(the last dimension of radial_mixing)", p->n_channels, kMaxChannels);
+        const int64_t size = one_hot * p->n_channels;
+        for (int64_t k = 0; k < size; ++k)
+            if (!std::isfinite(p->radial_mixing[k])) {
+                const int64_t q = k % p->n_channels, n = k / p->n_channels % p->n_max,
+                              s = k / (int64_t(p->n_channels) * p->n_max);
+                return fail(errbuf, errbuf_len,
+                            "radial_mixing[%lld][%lld][%lld] is not finite (%g): the model file's mixing matrix is "
+                            "corrupt; re-export or re-train the model",
+                            (long long)s, (long long)n, (long long)q, p->radial_mixing[k]);
+            }
+        out.Q = p->n_channels;
+        out.W = p->radial_mixing;
+    }
     out.S = p->n_species;
     out.N = p->n_max;
     out.L = p->l_max;
     out.L2 = (p->l_max + 1) * (p->l_max + 1);
-    out.Q = p->n_species * p->n_max;
     out.D = int64_t(out.Q) + int64_t(out.Q) * (out.Q + 1) / 2 * (out.L + 1);
     out.cutoff = p->cutoff;
     out.width = p->switch_width;
-    return true;
+    return MLIP_OK;
 }
 
 // Normalisation of Y_lm (orthonormal, sqrt 2 for m != 0), column order l, m = -l..l.
@@ -366,14 +407,22 @@ inline __attribute__((always_inline)) void sin_cos_half_turn(T theta, T &s, T &c
 // The basis of one centre's edges in structure-of-arrays form, lanes = edges, padded to a
 // multiple of kLanePad with lanes beyond the cutoff (whose basis functions are exactly 0):
 //   u [3][lanes] unit vectors, r [lanes] (Angstrom),
-//   R, dR [Q][lanes]: R_n(r), dR_n/dr in the row q = s N + n of the edge's species s, 0 in others,
+//   R, dR [Q][lanes]: the edge's radial rows R'_q(r) and their r-derivatives: R_n, dR_n/dr in
+//     the row q = s N + n of the edge's species s and 0 in the others (one-hot), or
+//     sum_n W[s][n][q] R_n (mixing; then the lanes are grouped by species: run_start[s] ..
+//     run_start[s + 1], the padding lanes in the last run),
 //   Y [L2][lanes], gY [3][L2][lanes]: harmonics and their polynomial gradients.
 template <typename T>
 struct CentreBasis {
     int64_t lanes = 0, capacity = 0;
     std::vector<T> u, r, sin1, cos1, R, dR, Rn, dRn, Y, gY, work, harmonic_scratch;
-    std::vector<int64_t> species, edges;
+    std::vector<int64_t> species, edges, lane_of, run_start;
+    std::vector<T> mixing;    // W [S][N][Q] in precision T (mixing only)
     void reserve(const Layout &ly, int64_t n) {
+        if (ly.W != nullptr && mixing.empty()) {
+            mixing.assign(ly.W, ly.W + int64_t(ly.S) * ly.N * ly.Q);
+            run_start.assign(ly.S + 1, 0);
+        }
         const int64_t c = (n + 15) / 16 * 16;
         if (c <= capacity) return;
         capacity = c;
@@ -381,16 +430,68 @@ struct CentreBasis {
         u.assign(3 * c, T(0));
         R.assign(int64_t(ly.Q) * c, T(0));
         dR.assign(int64_t(ly.Q) * c, T(0));
-        Rn.assign(int64_t(ly.N) * c, T(0));
-        dRn.assign(int64_t(ly.N) * c, T(0));
+        Rn.assign(int64_t(ly.N) * c + kChunk<T>, T(0));     // + slack for mix_chunk's last loads
+        dRn.assign(int64_t(ly.N) * c + kChunk<T>, T(0));
         Y.assign(int64_t(ly.L2) * c, T(0));
         gY.assign(3 * int64_t(ly.L2) * c, T(0));
         work.assign(7 * c, T(0));
         harmonic_scratch.assign(int64_t(ly.L + 1) * (ly.L + 6) * c, T(0));
         species.assign(c, 0);
         edges.assign(c, 0);
+        lane_of.assign(c, 0);
     }
 };
+
+// R[q][k0 + j] = sum_n W[n][q] Rn[n][k0 + j] (and dR from dRn) for Rows rows q0.. and the first
+// m <= kChunk<T> lanes j of the chunk at k0 (the chunk's loads may run past them: Rn and dRn
+// carry kChunk<T> lanes of slack).
+template <typename T, bool Gradient, int Rows>
+inline __attribute__((always_inline)) void mix_chunk(const T *Ws, int N, int Q, int q0, const T *Rn, const T *dRn,
+                                                     int64_t c, int64_t k0, int m, T *R, T *dR) {
+    constexpr int W = kChunk<T>;
+    T acc[Rows][W] = {}, dacc[Rows][W] = {};
+    for (int nn = 0; nn < N; ++nn) {
+        const T *x = Rn + int64_t(nn) * c + k0, *dx = dRn + int64_t(nn) * c + k0;
+        for (int r = 0; r < Rows; ++r) {
+            const T w = Ws[nn * Q + q0 + r];
+#pragma omp simd
+            for (int j = 0; j < W; ++j) {
+                acc[r][j] += w * x[j];
+                if (Gradient) dacc[r][j] += w * dx[j];
+            }
+        }
+    }
+    for (int r = 0; r < Rows; ++r) {
+        T *out = R + int64_t(q0 + r) * c + k0, *dout = dR + int64_t(q0 + r) * c + k0;
+        if (m == W) {
+#pragma omp simd
+            for (int j = 0; j < W; ++j) {
+                out[j] = acc[r][j];
+                if (Gradient) dout[j] = dacc[r][j];
+            }
+        } else {
+            for (int j = 0; j < m; ++j) {
+                out[j] = acc[r][j];
+                if (Gradient) dout[j] = dacc[r][j];
+            }
+        }
+    }
+}
+
+// R[q][k] = sum_n W[s][n][q] Rn[n][k] (and dR from dRn) on the lanes [a, b) of species s
+// (Ws = W[s]), in chunks of kChunk<T> lanes times kBlock rows q.
+template <typename T, bool Gradient>
+void mix_radial_run(const Layout &ly, const T *Ws, int64_t a, int64_t b, int64_t c, const T *Rn, const T *dRn,
+                    T *R, T *dR) {
+    constexpr int W = kChunk<T>;
+    const int N = ly.N, Q = ly.Q;
+    for (int64_t k0 = a; k0 < b; k0 += W) {
+        const int m = int(std::min<int64_t>(W, b - k0));
+        int q0 = 0;
+        for (; q0 + kBlock <= Q; q0 += kBlock) mix_chunk<T, Gradient, kBlock>(Ws, N, Q, q0, Rn, dRn, c, k0, m, R, dR);
+        for (; q0 < Q; ++q0) mix_chunk<T, Gradient, 1>(Ws, N, Q, q0, Rn, dRn, c, k0, m, R, dR);
+    }
+}
 
 // Fill `b` with the basis of the edges order[first..last) (all of one centre).
 template <typename T, int L, bool Gradient>
@@ -402,10 +503,21 @@ void centre_basis(const Layout &ly, const int64_t *species_index, const int64_t 
     const int64_t lanes = (n + kLanePad - 1) / kLanePad * kLanePad;
     b.lanes = lanes;
     const int64_t c = b.capacity;
+    const bool mixing = ly.W != nullptr;
+    if (mixing) {    // lane of each edge: grouped by neighbour species (a stable counting sort)
+        int64_t *start = b.run_start.data();
+        std::fill(start, start + ly.S + 1, 0);
+        for (int64_t k = 0; k < n; ++k) ++start[species_index[neighbours[order[first + k]]] + 1];
+        for (int s = 0; s < ly.S; ++s) start[s + 1] += start[s];
+        for (int64_t k = 0; k < n; ++k) b.lane_of[k] = start[species_index[neighbours[order[first + k]]]]++;
+        for (int s = ly.S; s > 0; --s) start[s] = start[s - 1];    // back to the runs' starts
+        start[0] = 0;
+    }
     T *ux = b.u.data(), *uy = ux + c, *uz = uy + c;
-    for (int64_t k = 0; k < lanes; ++k) {
-        if (k < n) {
-            const int64_t e = order[first + k];
+    for (int64_t k0 = 0; k0 < lanes; ++k0) {
+        if (k0 < n) {
+            const int64_t k = mixing ? b.lane_of[k0] : k0;
+            const int64_t e = order[first + k0];
             const T *v = vectors + 3 * e;
             const T rr = T(std::sqrt(double(v[0]) * v[0] + double(v[1]) * v[1] + double(v[2]) * v[2]));
             const T inv_r = T(1) / rr;    // the unit vector in the model's precision T
@@ -416,6 +528,7 @@ void centre_basis(const Layout &ly, const int64_t *species_index, const int64_t 
             b.edges[k] = e;
             b.species[k] = species_index[neighbours[e]];
         } else {
+            const int64_t k = k0;
             ux[k] = T(0);
             uy[k] = T(0);
             uz[k] = T(1);
@@ -466,9 +579,18 @@ void centre_basis(const Layout &ly, const int64_t *species_index, const int64_t 
         }
     }
     (void)env_k;
-    // rows per species: R[s N + n] = R_n on edges to species s, 0 on the others (one species:
-    // R is R_n itself)
-    if (ly.S == 1) {
+    // rows per channel: mixed per species run (the padding lanes, whose R_n are exactly 0, ride
+    // with the last run); one-hot: R[s N + n] = R_n on edges to species s, 0 on the others (one
+    // species: R is R_n itself)
+    if (mixing) {
+        const int64_t *start = b.run_start.data();
+        for (int s = 0; s < ly.S; ++s) {
+            const int64_t a = start[s], e = s + 1 < ly.S ? start[s + 1] : lanes;
+            if (e > a)
+                mix_radial_run<T, Gradient>(ly, b.mixing.data() + int64_t(s) * N * ly.Q, a, e, c, Rn, dRn,
+                                            b.R.data(), b.dR.data());
+        }
+    } else if (ly.S == 1) {
         b.R.swap(b.Rn);
         b.dR.swap(b.dRn);
     } else {
@@ -702,14 +824,12 @@ template <typename T>
 int forward(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n_all, const int64_t *species_index,
             int64_t n_edges, const int64_t *edge_index, const T *vectors, T *density, T *features, char *errbuf,
             size_t errbuf_len) {
-    Layout ly;
-    if (!make_layout(params, ly))
-        return fail(errbuf, errbuf_len,
-                    "invalid power-spectrum parameters (need n_species >= 1, 1 <= n_max <= %d, "
-                    "0 <= l_max <= %d, cutoff > 0, 0 < switch_width <= cutoff)", kMaxRadial, kMaxL);
+    Layout ly{};
+    int status = make_layout(params, ly, errbuf, errbuf_len);
+    if (status != MLIP_OK) return status;
     bool sorted = true;
-    int status = check_inputs(ly, n_local, n_all, species_index, n_edges, edge_index, vectors, sorted, errbuf,
-                              errbuf_len);
+    status = check_inputs(ly, n_local, n_all, species_index, n_edges, edge_index, vectors, sorted, errbuf,
+                          errbuf_len);
     if (status != MLIP_OK) return status;
     if (n_local > 0 && (density == nullptr || features == nullptr))
         return fail(errbuf, errbuf_len, "density or features output is NULL");
@@ -730,11 +850,12 @@ template <typename T, typename Sink>
 int backward(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n_all, const int64_t *species_index,
              int64_t n_edges, const int64_t *edge_index, const T *vectors, const T *density, int64_t n_rows,
              const T *feature_grad, Sink &sink, char *errbuf, size_t errbuf_len) {
-    Layout ly;
-    if (!make_layout(params, ly)) return fail(errbuf, errbuf_len, "invalid power-spectrum parameters");
+    Layout ly{};
+    int status = make_layout(params, ly, errbuf, errbuf_len);
+    if (status != MLIP_OK) return status;
     bool sorted = true;
-    int status = check_inputs(ly, n_local, n_all, species_index, n_edges, edge_index, vectors, sorted, errbuf,
-                              errbuf_len);
+    status = check_inputs(ly, n_local, n_all, species_index, n_edges, edge_index, vectors, sorted, errbuf,
+                          errbuf_len);
     if (status != MLIP_OK) return status;
     if (n_rows < 1) return fail(errbuf, errbuf_len, "n_rows must be >= 1, got %lld", (long long)n_rows);
     if (n_edges == 0) return MLIP_OK;
@@ -773,20 +894,25 @@ constexpr int64_t kCentreBlock = 8;
 // One pass: per block of centres, the basis (with gradients) of each centre's edges, its
 // density and features; the readout of the block (per atom, so the block's feature gradient
 // needs nothing else); then the block's pull-back straight to forces, reusing the bases.
+// With several species the centres are visited grouped by species, so a block's readout runs
+// one species' network on all its rows and that network's weights stay in cache from block to
+// block (in a host's spatial order, a block of 8 centres of 5 species would run up to 5
+// networks of 1-2 rows each, cycling through every species' weights: 2x the time at S = 5).
 template <typename T>
 int energy_forces(const mlip_power_spectrum_params *params, const mlip_mlp_readout *readout, int64_t n_local,
                   int64_t n_all, const int64_t *species_index, int64_t n_edges, const int64_t *edge_index,
                   const T *vectors, T *atomic_energy, T *member_energy, double *forces, double *virial,
                   char *errbuf, size_t errbuf_len) {
-    Layout ly;
-    if (!make_layout(params, ly)) return fail(errbuf, errbuf_len, "invalid power-spectrum parameters");
+    Layout ly{};
+    int status = make_layout(params, ly, errbuf, errbuf_len);
+    if (status != MLIP_OK) return status;
     if (readout == nullptr) return fail(errbuf, errbuf_len, "readout is NULL");
     if (mlip_mlp_readout_n_features(readout) != ly.D)
         return fail(errbuf, errbuf_len, "the readout takes %lld features, the descriptor makes %lld: they belong to "
                     "different models", (long long)mlip_mlp_readout_n_features(readout), (long long)ly.D);
     bool sorted = true;
-    int status = check_inputs(ly, n_local, n_all, species_index, n_edges, edge_index, vectors, sorted, errbuf,
-                              errbuf_len);
+    status = check_inputs(ly, n_local, n_all, species_index, n_edges, edge_index, vectors, sorted, errbuf,
+                          errbuf_len);
     if (status != MLIP_OK) return status;
     if (n_local > 0 && (atomic_energy == nullptr || forces == nullptr))
         return fail(errbuf, errbuf_len, "atomic_energy or forces is NULL");
@@ -795,10 +921,20 @@ int energy_forces(const mlip_power_spectrum_params *params, const mlip_mlp_reado
     std::vector<int64_t> start(n_local + 1, 0);    // centre i's edges: order[start[i] .. start[i + 1])
     for (int64_t e = 0; e < n_edges; ++e) ++start[edge_index[e] + 1];
     std::partial_sum(start.begin(), start.end(), start.begin());
+    std::vector<int64_t> by_species;    // centres in the order visited: grouped by species (S > 1)
+    if (ly.S > 1) {
+        std::vector<int64_t> next(ly.S + 1, 0);
+        for (int64_t i = 0; i < n_local; ++i) ++next[species_index[i] + 1];
+        std::partial_sum(next.begin(), next.end(), next.begin());
+        by_species.resize(n_local);
+        for (int64_t i = 0; i < n_local; ++i) by_species[next[species_index[i]]++] = i;
+    }
+    auto centre = [&](int64_t k) { return by_species.empty() ? k : by_species[k]; };
     const int64_t K = mlip_mlp_readout_n_members(readout), block_size = int64_t(ly.Q) * ly.L2;
     std::vector<CentreBasis<T>> bases(kCentreBlock);
     std::vector<T> density(kCentreBlock * block_size), features(kCentreBlock * ly.D), grad(kCentreBlock * ly.D),
-        members(K * kCentreBlock), dc(block_size), scratch;
+        members(K * kCentreBlock), energy(kCentreBlock), dc(block_size), scratch;
+    int64_t block_centres[kCentreBlock], block_species[kCentreBlock];
     PairWork<T> pair;
     pair.reserve(ly);
     ForceSink<T> sink{forces, virial};
@@ -808,24 +944,29 @@ int energy_forces(const mlip_power_spectrum_params *params, const mlip_mlp_reado
         for (int64_t i0 = 0; i0 < n_local && status == MLIP_OK; i0 += kCentreBlock) {
             const int64_t m = std::min(kCentreBlock, n_local - i0);
             for (int64_t t = 0; t < m; ++t) {
+                const int64_t i = block_centres[t] = centre(i0 + t);
+                block_species[t] = species_index[i];
                 CentreBasis<T> &b = bases[t];
-                centre_basis<T, L, true>(ly, species_index, neighbours, vectors, order, start[i0 + t],
-                                         start[i0 + t + 1], b);
+                centre_basis<T, L, true>(ly, species_index, neighbours, vectors, order, start[i], start[i + 1], b);
                 density_of_centre<T, L>(ly, b, density.data() + t * block_size);
                 features_of_centre(ly, density.data() + t * block_size, features.data() + t * ly.D, pair);
             }
-            status = readout_evaluate(readout, m, species_index + i0, features.data(), atomic_energy + i0,
-                                      members.data(), grad.data(), errbuf, errbuf_len);
+            status = readout_evaluate(readout, m, block_species, features.data(), energy.data(), members.data(),
+                                      grad.data(), errbuf, errbuf_len);
             if (status != MLIP_OK) return;
-            if (member_energy != nullptr)
-                for (int64_t k = 0; k < K; ++k)
-                    std::copy(members.data() + k * m, members.data() + (k + 1) * m, member_energy + k * n_local + i0);
+            for (int64_t t = 0; t < m; ++t) {
+                const int64_t i = block_centres[t];
+                atomic_energy[i] = energy[t];
+                if (member_energy != nullptr)
+                    for (int64_t k = 0; k < K; ++k) member_energy[k * n_local + i] = members[k * m + t];
+            }
             for (int64_t t = 0; t < m; ++t) {
                 const CentreBasis<T> &b = bases[t];
+                const int64_t i = block_centres[t];
                 if (int64_t(scratch.size()) < 4 * b.capacity) scratch.assign(4 * b.capacity, T(0));
                 density_grad_of_centre(ly, density.data() + t * block_size, grad.data() + t * ly.D, dc.data(), pair);
-                pull_back_centre<T, L>(ly, b, start[i0 + t + 1] - start[i0 + t], i0 + t, 0, dc.data(), neighbours,
-                                       vectors, scratch.data(), sink);
+                pull_back_centre<T, L>(ly, b, start[i + 1] - start[i], i, 0, dc.data(), neighbours, vectors,
+                                       scratch.data(), sink);
             }
         }
     });
@@ -850,14 +991,19 @@ int guarded(F &&body, char *errbuf, size_t errbuf_len) {
 
 extern "C" {
 
+int mlip_power_spectrum_check(const mlip_power_spectrum_params *params, char *errbuf, size_t errbuf_len) {
+    Layout ly{};
+    return make_layout(params, ly, errbuf, errbuf_len);
+}
+
 int64_t mlip_power_spectrum_n_features(const mlip_power_spectrum_params *params) {
-    Layout ly;
-    return make_layout(params, ly) ? ly.D : -1;
+    Layout ly{};
+    return make_layout(params, ly, nullptr, 0) == MLIP_OK ? ly.D : -1;
 }
 
 int64_t mlip_power_spectrum_density_size(const mlip_power_spectrum_params *params) {
-    Layout ly;
-    return make_layout(params, ly) ? int64_t(ly.Q) * ly.L2 : -1;
+    Layout ly{};
+    return make_layout(params, ly, nullptr, 0) == MLIP_OK ? int64_t(ly.Q) * ly.L2 : -1;
 }
 
 int mlip_power_spectrum_forward_f64(const mlip_power_spectrum_params *params, int64_t n_local, int64_t n_all,

@@ -98,6 +98,28 @@ void check_repulsion_buffers(torch::jit::Module &module, const std::vector<doubl
   }
 }
 
+// The fused path takes a compressed descriptor's radial mixing W from the metadata, the
+// TorchScript evaluate from the module's buffer descriptor.radial_mixing: refuse a file where they
+// disagree (as mlip_md.runtime.fused.kernel_params). Read before freezing.
+void check_mixing_buffer(torch::jit::Module &module, const ModelInfo &info)
+{
+  if (!info.descriptor || info.descriptor->radial_mixing.empty()) return;
+  const std::vector<double> &meta = info.descriptor->radial_mixing;
+  const std::string fix = "; re-export the model (mlip-md upgrade old.pt -o new.pt)";
+  torch::Tensor stored;
+  for (const auto &b : module.named_buffers(true))
+    if (b.name == "descriptor.radial_mixing") stored = b.value.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  if (!stored.defined())
+    throw std::runtime_error("model file " + info.path + ": its metadata has a compressed descriptor but its "
+                             "TorchScript module has no descriptor.radial_mixing buffer" + fix);
+  const double *w = stored.data_ptr<double>();
+  bool same = stored.numel() == static_cast<int64_t>(meta.size());
+  for (size_t k = 0; same && k < meta.size(); ++k) same = std::abs(w[k] - meta[k]) <= 1e-7 + 1e-6 * std::abs(meta[k]);
+  if (!same)
+    throw std::runtime_error("model file " + info.path + ": the radial mixing W of its TorchScript module differs "
+                             "from the metadata's" + fix);
+}
+
 mlip_power_spectrum_params kernel_params(const ModelInfo &info)
 {
   mlip_power_spectrum_params params{};
@@ -118,6 +140,7 @@ class FusedBackend : public Backend {
     const std::string why = repulsion_params(info_, inner, outer);
     if (!why.empty()) throw std::runtime_error("model file " + info_.path + ": " + why);
     check_repulsion_buffers(module_, inner, outer, info_.path);
+    check_mixing_buffer(module_, info_);
     if (!outer.empty()) repulsion_ = std::make_unique<FusedRepulsion>(info_.atomic_numbers, inner, outer);
     freeze_for_inference(module_);
     capabilities_.assembles_forces = readout_ != nullptr;

@@ -30,21 +30,33 @@ std::string fused_descriptor_params(const ModelInfo &info, mlip_power_spectrum_p
   if (!info.descriptor) return "its metadata has no descriptor block";
   const DescriptorSpec &block = *info.descriptor;
   if (block.kind != "power_spectrum") return "its descriptor is not the built-in power spectrum";
-  if (block.version != 1.0) return "its descriptor version is not 1 (the version this plugin's kernel computes)";
+  if (block.version != 1.0 && block.version != 2.0)
+    return "its descriptor version is neither 1 nor 2 (the versions this plugin's kernel computes)";
   const std::pair<const char *, const std::optional<double> &> numbers[] = {
       {"n_species", block.n_species}, {"n_max", block.n_max}, {"l_max", block.l_max},
       {"cutoff", block.cutoff},       {"switch_width", block.switch_width}};
   for (const auto &entry : numbers)
     if (!entry.second || !std::isfinite(*entry.second))
       return std::string("its descriptor block lacks a numeric '") + entry.first + "'";
+  params = mlip_power_spectrum_params{};
   params.n_species = static_cast<int32_t>(*block.n_species);
   params.n_max = static_cast<int32_t>(*block.n_max);
   params.l_max = static_cast<int32_t>(*block.l_max);
   params.cutoff = *block.cutoff;
   params.switch_width = *block.switch_width;
+  if (block.version == 2.0) {    // species-compressed: Q channels mixed by W [S][n_max][Q]
+    if (!block.malformed.empty()) return block.malformed;
+    if (!block.channels || block.radial_mixing.empty())
+      return "its compressed (version 2) descriptor block lacks 'channels' or 'radial_mixing'";
+    if (!(*block.channels >= 1.0 && *block.channels <= MLIP_POWER_SPECTRUM_MAX_CHANNELS))
+      return "its descriptor block's channels is outside 1.." + std::to_string(MLIP_POWER_SPECTRUM_MAX_CHANNELS);
+    params.n_channels = static_cast<int32_t>(*block.channels);
+    params.radial_mixing = block.radial_mixing.data();    // FusedDescriptor keeps its own copy
+  }
+  char errbuf[512] = {0};
+  if (mlip_power_spectrum_check(&params, errbuf, sizeof(errbuf)) != MLIP_OK)
+    return std::string("its descriptor parameters are outside what the kernel supports: ") + errbuf;
   const int64_t d = mlip_power_spectrum_n_features(&params);
-  if (d < 0) return "its descriptor parameters are outside what the kernel supports (l_max <= " +
-                    std::to_string(MLIP_POWER_SPECTRUM_MAX_L) + ", positive sizes and widths)";
   if (info.n_features > 0 && d != info.n_features)
     return "its descriptor has " + std::to_string(d) + " features by the kernel's count but the model " +
            std::to_string(info.n_features);
@@ -55,6 +67,11 @@ FusedDescriptor::FusedDescriptor(const mlip_power_spectrum_params &params, const
                                  bool single) :
     params_(params), single_(single)
 {
+  if (params_.radial_mixing != nullptr) {    // own the mixing matrix: the caller's may not outlive us
+    const int64_t size = int64_t(params_.n_species) * params_.n_max * std::max(params_.n_channels, 0);
+    mixing_.assign(params_.radial_mixing, params_.radial_mixing + size);
+    params_.radial_mixing = mixing_.data();
+  }
   n_features_ = mlip_power_spectrum_n_features(&params_);
   density_size_ = mlip_power_spectrum_density_size(&params_);
   if (n_features_ < 0 || density_size_ < 0) throw std::runtime_error("invalid power-spectrum parameters");

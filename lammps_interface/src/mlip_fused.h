@@ -27,8 +27,10 @@
 namespace MLIP {
 
 // Why the fused kernel cannot compute this model's descriptor ("" when it can; then `params`
-// is filled): the descriptor block must be kind power_spectrum, version 1, and its feature count
-// equal info.n_features (0: unchecked).
+// is filled): the descriptor block must be kind power_spectrum, version 1 (one-hot species) or
+// 2 (species-compressed: channels and radial_mixing; params.radial_mixing then points into
+// info's copy of W), valid for the kernel, and its feature count equal info.n_features (0:
+// unchecked).
 std::string fused_descriptor_params(const ModelInfo &info, mlip_power_spectrum_params &params);
 
 class FusedReadout;
@@ -36,8 +38,10 @@ class FusedReadout;
 class FusedDescriptor {
  public:
   // atomic_numbers: the model's elements; species index = position in this list.
-  // single: run in float32 (else float64).
+  // single: run in float32 (else float64). params.radial_mixing (version 2) is copied.
   FusedDescriptor(const mlip_power_spectrum_params &params, const std::vector<int> &atomic_numbers, bool single);
+  FusedDescriptor(const FusedDescriptor &) = delete;    // params_ points into mixing_
+  FusedDescriptor &operator=(const FusedDescriptor &) = delete;
 
   int64_t n_features() const { return n_features_; }
   bool single() const { return single_; }
@@ -74,6 +78,7 @@ class FusedDescriptor {
 
  private:
   mlip_power_spectrum_params params_;
+  std::vector<double> mixing_;    // W [S][n_max][Q] params_.radial_mixing points into (version 2)
   int64_t n_features_ = 0, density_size_ = 0;
   bool single_ = false;
   // species indices, edges and (float32) vectors of the batch for the kernel

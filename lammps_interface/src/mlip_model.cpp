@@ -98,8 +98,9 @@ void Model::load(const std::string &path, const std::string &device, const Model
     return;
   }
   backend_ = make_fused_backend(std::move(model), options.native_readout);
-  choice_ = backend_->capabilities().description +
-            ": the model has a power_spectrum v1 descriptor block and runs on the CPU" +
+  const int version = static_cast<int>(backend_->info().descriptor->version);    // 1 or 2: the kernel took it
+  choice_ = backend_->capabilities().description + ": the model has a power_spectrum v" + std::to_string(version) +
+            " descriptor block and runs on the CPU" +
             (backend_->capabilities().assembles_forces ? ", its readout is an ensemble of MLPs"
              : options.native_readout              ? "; its readout runs in TorchScript (not an ensemble of MLPs)"
                                                    : "; its readout runs in TorchScript (readout torchscript)");

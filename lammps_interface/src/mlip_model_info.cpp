@@ -101,6 +101,33 @@ std::string string_or(const json *v, const std::string &fallback)
   throw std::runtime_error("model file " + path + what);
 }
 
+// radial_mixing [n_species][n_max][channels] of a version-2 descriptor block, flattened into
+// spec.radial_mixing: "" when it has that shape and holds numbers, else why not.
+std::string read_mixing(const json &mixing, DescriptorSpec &spec)
+{
+  if (!spec.n_species || !spec.n_max || !spec.channels)
+    return "its descriptor block has radial_mixing but lacks n_species, n_max or channels";
+  const double dims[3] = {*spec.n_species, *spec.n_max, *spec.channels};
+  for (double d : dims)
+    if (!(d >= 1.0 && d < 1e6)) return "its descriptor block's n_species, n_max or channels is not a positive size";
+  const size_t s = static_cast<size_t>(dims[0]), n = static_cast<size_t>(dims[1]), q = static_cast<size_t>(dims[2]);
+  const std::string wrong = "its descriptor block's radial_mixing is not a [" + std::to_string(s) + "][" +
+                            std::to_string(n) + "][" + std::to_string(q) + "] array of numbers";
+  if (!mixing.is_array() || mixing.size() != s) return wrong;
+  for (const json &species : mixing) {
+    if (!species.is_array() || species.size() != n) return wrong;
+    for (const json &row : species) {
+      if (!row.is_array() || row.size() != q) return wrong;
+      for (const json &v : row) {
+        const std::optional<double> w = number(&v);
+        if (!w) return wrong;
+        spec.radial_mixing.push_back(*w);
+      }
+    }
+  }
+  return "";
+}
+
 DescriptorSpec parse_descriptor(const json &block)
 {
   DescriptorSpec spec;
@@ -111,6 +138,9 @@ DescriptorSpec parse_descriptor(const json &block)
   spec.l_max = number(member(block, "l_max"));
   spec.cutoff = number(member(block, "cutoff"));
   spec.switch_width = number(member(block, "switch_width"));
+  spec.channels = number(member(block, "channels"));
+  if (const json *mixing = member(block, "radial_mixing")) spec.malformed = read_mixing(*mixing, spec);
+  if (!spec.malformed.empty()) spec.radial_mixing.clear();
   return spec;
 }
 

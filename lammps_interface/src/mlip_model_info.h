@@ -23,12 +23,17 @@ const char *element_symbol(int z);
 
 // Metadata block "descriptor": what a host needs to run the descriptor itself (the fused
 // kernel). kind "" when not a string, version NaN when not a number; a size or radius is empty
-// when the block lacks it (or it is not a number).
+// when the block lacks it (or it is not a number). Version 2 (species-compressed) adds
+// `channels` (Q) and `radial_mixing` W [S][n_max][Q], flattened row-major (empty when the block
+// has none); `malformed`: why radial_mixing cannot be read ("" when it can or is absent).
 struct DescriptorSpec {
   std::string kind;
   double version = NAN;
   std::optional<double> n_species, n_max, l_max;
   std::optional<double> cutoff, switch_width;    // Angstrom
+  std::optional<double> channels;
+  std::vector<double> radial_mixing;
+  std::string malformed;
 };
 
 // Variance calibration (mlip-md calibrate); uncalibrated files: 1, 0, 1.

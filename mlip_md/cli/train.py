@@ -58,6 +58,10 @@ def _add_train(sub) -> None:
     p.add_argument("--switch-width", type=float, default=1.0, help="width of the C^2 cutoff switch (Å)")
     p.add_argument("--n-max", type=int, default=8, help="radial basis functions per element")
     p.add_argument("--l-max", type=int, default=4, help="largest angular momentum")
+    p.add_argument("--channels", type=int, default=None,
+                   help="radial-chemical channels Q of the descriptor (feature size Q + Q(Q+1)/2 (l_max+1)); "
+                   "default: 3 n_max / 2 (rounded up) for several elements, so the size does not depend on the "
+                   "element count; n_max (one channel per radial function) for one element")
     p.add_argument("--hidden", type=hidden, default=(64, 64), help="hidden layer widths, e.g. 64,64")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
@@ -94,7 +98,8 @@ def cmd_train(args) -> int:
     model_config = ModelConfig(
         atomic_numbers=[],  # the data's elements
         cutoff=args.cutoff, switch_width=args.switch_width, n_max=args.n_max, l_max=args.l_max, hidden=args.hidden,
-        ensemble_size=args.ensemble if args.uq == "ensemble" else 1, uq=args.uq, repulsion=not args.no_repulsion,
+        channels=args.channels, ensemble_size=args.ensemble if args.uq == "ensemble" else 1, uq=args.uq,
+        repulsion=not args.no_repulsion,
     )
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, seed=args.seed,

@@ -108,11 +108,8 @@ class _Traceable(torch.nn.Module):
             vectors = edge_vectors.detach().requires_grad_(True)
             radial, angular = d.basis(vectors)
             dtype = radial.dtype
-            padded_radial = torch.zeros((n_local, max_nb, d.n_species, d.n_max), dtype=dtype, device=radial.device)
-            padded_radial = torch.index_put(padded_radial, [centers, slot, species_index[neighbours]], radial)
-            padded_angular = torch.zeros((n_local, max_nb, angular.shape[1]), dtype=dtype, device=radial.device)
-            padded_angular = torch.index_put(padded_angular, [centers, slot], angular)
-            c = torch.bmm(padded_radial.reshape(n_local, max_nb, d.n_channels).transpose(1, 2), padded_angular)
+            c = d.scatter_density(species_index, centers, neighbours, slot, max_nb, radial, angular, n_local,
+                                  traceable=True)
             raw = d.power_spectrum(c)
             features = (raw - m.feature_mean) / m.feature_scale
             heads = m.heads(features, local_species)
@@ -152,17 +149,28 @@ class _Traceable(torch.nn.Module):
             else:
                 sigma = torch.zeros_like(atomic_energy.detach())
             out["energy_sigma"] = torch.sqrt(sigma * sigma * m.energy_variance_scale + floor)
-            out["mahalanobis"] = m.mahalanobis(x, local_species)
+            coordinates = m.domain_coordinates(x)  # monitor coordinates [n, P + 1] (older files: x)
+            out["mahalanobis"] = self._t_squared(coordinates, local_species)
             nearest, ratio = m.contact_distances(species_index, edge_index, edge_vectors, n_local)
             out["min_distance"] = nearest
             out["min_distance_ratio"] = ratio
             if m.reference_features.shape[1] > 0:
-                out["d_min"] = self._kernel_distance(x, local_species)
+                out["d_min"] = self._kernel_distance(coordinates, local_species)
         self.output_names = list(out)
         return tuple(out.values())
 
+    def _t_squared(self, coordinates: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
+        """MLIPotential.t_squared with masks instead of row selection (every element's
+        statistics on every atom: S x [n, P] work, no per-atom precision matrices)."""
+        m = self.inner
+        t2 = m.element_t_squared(coordinates, 0)
+        for s in range(1, m.n_species):
+            t2 = torch.where(local_species == s, m.element_t_squared(coordinates, s), t2)
+        return t2
+
     def _kernel_distance(self, x: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
-        """MLIPotential.kernel_distance with masks instead of row selection."""
+        """MLIPotential.reference_distance (monitor coordinates ``x``) with masks instead of row
+        selection."""
         m = self.inner
         nearest = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
         for s, count in enumerate(self.reference_counts):

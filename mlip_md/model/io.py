@@ -19,7 +19,7 @@ import torch
 from .. import __version__
 from ..files import atomic_path
 from ..errors import ModelFileError
-from .descriptor import DESCRIPTOR_KIND, DESCRIPTOR_VERSION
+from .descriptor import metadata_block as descriptor_block
 from .potential import MLIPotential, ModelConfig
 from .repulsion import clear_repulsion, fit_repulsion, has_repulsion, metadata_block
 
@@ -34,7 +34,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: buffers added after format version 1 was fixed; files without them still load
 OPTIONAL_BUFFERS = ("reference_features", "reference_count", "kernel_length", "bll_factor", "energy_variance_floor",
-                    "repulsion_inner", "repulsion_outer")
+                    "repulsion_inner", "repulsion_outer", "descriptor.radial_mixing",
+                    # the bounded monitor space (mlip_md.domain.monitor_space); older files keep their
+                    # dense domain_mean / domain_precision, which the module still evaluates
+                    "domain_center", "domain_projection", "domain_component_mean", "domain_component_precision",
+                    "domain_residual_weight")
 
 
 def default_model_path() -> Path:
@@ -68,15 +72,7 @@ def build_metadata(module: MLIPotential, dtype: str, extra: Optional[Dict[str, A
         "n_features": int(module.n_features),
         # what a host needs to run the descriptor itself (csrc mlip_power_spectrum_*) and call
         # the model's evaluate_features for the rest
-        "descriptor": {
-            "kind": DESCRIPTOR_KIND,
-            "version": DESCRIPTOR_VERSION,
-            "n_species": int(module.n_species),
-            "n_max": int(module.descriptor.n_max),
-            "l_max": int(module.descriptor.l_max),
-            "cutoff": float(module.cutoff),
-            "switch_width": float(module.descriptor.radial.switch_width),
-        },
+        "descriptor": descriptor_block(module.descriptor),
         "calibration": {
             "energy_variance_scale": float(module.energy_variance_scale),
             "energy_variance_floor": float(module.energy_variance_floor),
@@ -226,7 +222,9 @@ def load_potential(path: PathLike) -> MLIPotential:
     module = MLIPotential(config).to(torch.float64)  # load_state_dict copies into the existing dtype
     state = {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in scripted.state_dict().items()}
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [name for name in missing if name not in OPTIONAL_BUFFERS]  # older files lack them
+    # older files lack them; a compressed descriptor's mixing is no default (version 2 writes it)
+    missing = [name for name in missing
+               if name not in OPTIONAL_BUFFERS or (name == "descriptor.radial_mixing" and module.descriptor.compressed)]
     if missing or unexpected:
         raise ModelFileError(f"{path}: weights do not match the architecture in its metadata "
                              f"(missing {missing}, unexpected {unexpected}); re-export the model")

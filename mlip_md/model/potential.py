@@ -22,6 +22,14 @@ from .repulsion import repulsion_atomic_energy
 
 MAX_ATOMIC_NUMBER = 118
 UQ_METHODS = ("ensemble", "bll", "evidential")
+#: the domain monitors' statistics (T^2, d_min), fitted after training
+#: (mlip_md.train.fit.fit_domain_monitors); training members never read them
+MONITOR_BUFFERS = ("domain_center", "domain_projection", "domain_component_mean", "domain_component_precision",
+                   "domain_residual_weight", "domain_mean", "domain_precision", "reference_features", "reference_count",
+                   "kernel_length")
+#: monitor buffers whose shape depends on the fitted data or the file's age (see __init__)
+DATA_SHAPED_BUFFERS = ("domain_projection", "domain_component_mean", "domain_component_precision", "domain_mean",
+                       "domain_precision", "reference_features")
 
 
 @dataclasses.dataclass
@@ -42,6 +50,11 @@ class ModelConfig:
     #: add the short-range ZBL repulsion (mlip_md.model.repulsion) when the training statistics
     #: are fitted: zero on the training data, a physical wall below the closest trained distance
     repulsion: bool = True
+    #: radial-chemical channels Q of the descriptor (mlip_md.model.descriptor): None = one per
+    #: (species, radial function) pair, S n_max (version 1, every file written before the key
+    #: existed); fewer compress the neighbour species (version 2, D independent of S). Training
+    #: resolves its default (:func:`mlip_md.model.descriptor.default_channels`) into an integer.
+    channels: Optional[int] = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -98,7 +111,7 @@ class MLIPotential(torch.nn.Module):
         self.register_buffer("species_to_index", lookup)
         self.register_buffer("atomic_numbers", torch.tensor(numbers, dtype=torch.long))
         self.descriptor = PowerSpectrum(
-            len(numbers), config.cutoff, config.n_max, config.l_max, config.switch_width
+            len(numbers), config.cutoff, config.n_max, config.l_max, config.switch_width, config.channels
         )
         n_features = self.descriptor.n_features
         self.n_features = n_features
@@ -115,16 +128,27 @@ class MLIPotential(torch.nn.Module):
         self.register_buffer("energy_variance_scale", torch.ones(()))
         self.register_buffer("energy_variance_floor", torch.zeros(()))
         self.register_buffer("force_variance_scale", torch.ones(()))
-        # Domain statistics of the training set.
-        self.register_buffer("domain_mean", torch.zeros(len(numbers), n_features))
-        self.register_buffer("domain_precision", torch.zeros(len(numbers), n_features, n_features))
+        # Domain statistics of the training set, in the bounded monitor space of
+        # mlip_md.domain.monitor_space (P components, set by mlip_md.train.fit): centre [D],
+        # projection [D, P], per element the component mean [S, P] and precision [S, P, P] and
+        # the weight of the distance from the subspace [S]. P = 0 until fitted.
+        self.register_buffer("domain_center", torch.zeros(n_features))
+        self.register_buffer("domain_projection", torch.zeros(n_features, 0))
+        self.register_buffer("domain_component_mean", torch.zeros(len(numbers), 0))
+        self.register_buffer("domain_component_precision", torch.zeros(len(numbers), 0, 0))
+        self.register_buffer("domain_residual_weight", torch.zeros(len(numbers)))
+        # Files written before the monitor space carry the dense per-element mean [S, D] and
+        # precision [S, D, D] here (load_potential, mlip-md upgrade); empty otherwise.
+        self.register_buffer("domain_mean", torch.zeros(len(numbers), 0))
+        self.register_buffer("domain_precision", torch.zeros(len(numbers), 0, 0))
         self.register_buffer("pair_min_distance", torch.zeros(len(numbers), len(numbers)))
         # Short-range repulsion (mlip_md.model.repulsion): ZBL switched off between r_inner and
         # r_outer (Å, per element pair); all zero = none (set by mlip_md.train.fit)
         self.register_buffer("repulsion_inner", torch.zeros(len(numbers), len(numbers)))
         self.register_buffer("repulsion_outer", torch.zeros(len(numbers), len(numbers)))
-        # Kernel-distance reference environments per element (see mlip_md.domain.kernel);
-        # empty until fitted, then d_min is among the outputs.
+        # Kernel-distance reference environments per element (see mlip_md.domain.kernel) in the
+        # monitor coordinates [S, M, P + 1] (older files: the features [S, M, D]); empty until
+        # fitted, then d_min is among the outputs.
         self.register_buffer("reference_features", torch.zeros(len(numbers), 0, n_features))
         self.register_buffer("reference_count", torch.zeros(len(numbers), dtype=torch.long))
         self.register_buffer("kernel_length", torch.ones(()))
@@ -134,10 +158,12 @@ class MLIPotential(torch.nn.Module):
 
     @torch.jit.unused
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the reference set's size is data-dependent: take the incoming shape
-        key = prefix + "reference_features"
-        if key in state_dict:
-            self.reference_features = torch.zeros_like(state_dict[key], dtype=self.reference_features.dtype)
+        # the monitor statistics' shapes are data-dependent (P, the reference set's size) or
+        # those of an older file (dense T^2): take the incoming shape
+        for name in DATA_SHAPED_BUFFERS:
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.zeros_like(state_dict[key], dtype=getattr(self, name).dtype))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ helpers
@@ -204,20 +230,60 @@ class MLIPotential(torch.nn.Module):
         """Per-member atomic energies [K, n] in eV."""
         return self.heads(features, local_species)["members"]
 
-    def mahalanobis(self, features: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
-        delta = features - self.domain_mean[local_species]
+    def domain_coordinates(self, features: torch.Tensor) -> torch.Tensor:
+        """Monitor coordinates [n, P + 1] of standardised features [n, D]: the component scores
+        z = (x - c) V and the distance r from the P-dimensional subspace
+        (:mod:`mlip_md.domain.monitor_space`); files written before it (no projection): the
+        features themselves."""
+        p = self.domain_projection.shape[1]
+        if p == 0:
+            return features
+        delta = features - self.domain_center
+        z = delta @ self.domain_projection
+        residual = ((delta * delta).sum(dim=1) - (z * z).sum(dim=1)).clamp_min(0.0)
+        return torch.cat([z, torch.sqrt(residual).unsqueeze(1)], dim=1)
+
+    def element_t_squared(self, coordinates: torch.Tensor, s: int) -> torch.Tensor:
+        """T^2 [m] of m environments' monitor coordinates against element ``s``'s statistics:
+        (z - mu_s)^T Pi_s (z - mu_s) + w_s r^2 (dense (x - mu_s)^T Pi_s (x - mu_s) for files
+        written before the monitor space; 0 before any statistics were fitted)."""
+        p = self.domain_projection.shape[1]
+        if p == 0:
+            if self.domain_precision.shape[1] == 0:
+                return torch.zeros((coordinates.shape[0],), dtype=coordinates.dtype, device=coordinates.device)
+            delta = coordinates - self.domain_mean[s]
+            return ((delta @ self.domain_precision[s]) * delta).sum(dim=1)
+        delta = coordinates[:, :p] - self.domain_component_mean[s]
+        r = coordinates[:, p]
+        return ((delta @ self.domain_component_precision[s]) * delta).sum(dim=1) + self.domain_residual_weight[s] * r * r
+
+    def t_squared(self, coordinates: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
+        """T^2 [n] from monitor coordinates [n, P + 1], one element at a time (no per-atom
+        gather of precision matrices)."""
         if self.n_species == 1:
-            projected = delta @ self.domain_precision[0]
-        else:
-            projected = torch.bmm(
-                delta.unsqueeze(1), self.domain_precision[local_species]
-            ).squeeze(1)
-        return (projected * delta).sum(dim=1)
+            return self.element_t_squared(coordinates, 0)
+        out = torch.zeros((coordinates.shape[0],), dtype=coordinates.dtype, device=coordinates.device)
+        for s in range(self.n_species):
+            rows = torch.nonzero(local_species == s).squeeze(1)
+            if rows.numel() == 0:
+                continue
+            out = out.index_copy(0, rows, self.element_t_squared(coordinates.index_select(0, rows), s))
+        return out
+
+    def mahalanobis(self, features: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
+        """T^2 [n] of standardised features [n, D] against the training distribution of each
+        atom's element (:mod:`mlip_md.domain.monitor_space`)."""
+        return self.t_squared(self.domain_coordinates(features), local_species)
 
     def kernel_distance(self, features: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
+        """d_min [n] of standardised features [n, D] (see :meth:`reference_distance`)."""
+        return self.reference_distance(self.domain_coordinates(features), local_species)
+
+    def reference_distance(self, coordinates: torch.Tensor, local_species: torch.Tensor) -> torch.Tensor:
         """d_min [n] = min over the element's reference environments t of
-        sqrt(2 - 2 exp(-|x - t|^2 / (2 l^2))) (0 on reference points, < sqrt 2)."""
-        nearest = torch.full((features.shape[0],), float("inf"), dtype=features.dtype, device=features.device)
+        sqrt(2 - 2 exp(-|y - t|^2 / (2 l^2))) in monitor coordinates y [n, P + 1] (0 on
+        reference points, < sqrt 2)."""
+        nearest = torch.full((coordinates.shape[0],), float("inf"), dtype=coordinates.dtype, device=coordinates.device)
         for s in range(self.n_species):
             count = int(self.reference_count[s])
             if count == 0:
@@ -225,10 +291,12 @@ class MLIPotential(torch.nn.Module):
             rows = torch.nonzero(local_species == s).squeeze(1)
             if rows.numel() == 0:
                 continue
-            x = features.index_select(0, rows)
+            x = coordinates.index_select(0, rows)
             refs = self.reference_features[s, :count]
-            d2 = (x * x).sum(dim=1, keepdim=True) + (refs * refs).sum(dim=1) - 2.0 * (x @ refs.T)
-            nearest = nearest.index_copy(0, rows, d2.clamp_min(0.0).min(dim=1)[0])
+            # min_t |x - t|^2 = |x|^2 + min_t (|t|^2 - 2 x.t): one [m, M] matrix, written once
+            partial = torch.addmm((refs * refs).sum(dim=1), x, refs.T, beta=1.0, alpha=-2.0)
+            d2 = (x * x).sum(dim=1) + partial.min(dim=1)[0]
+            nearest = nearest.index_copy(0, rows, d2.clamp_min(0.0))
         kernel = torch.exp(-nearest / (2.0 * self.kernel_length * self.kernel_length))
         return torch.sqrt((2.0 - 2.0 * kernel).clamp_min(0.0))
 
@@ -403,12 +471,7 @@ class MLIPotential(torch.nn.Module):
             else:
                 sigma = torch.zeros_like(atomic_energy.detach())
             out["energy_sigma"] = torch.sqrt(sigma * sigma * self.energy_variance_scale + self.energy_variance_floor)
-            out["mahalanobis"] = self.mahalanobis(detached, local_species)
-            nearest, ratio = self.contact_distances(species_index, edge_index, edge_vectors, n_local)
-            out["min_distance"] = nearest
-            out["min_distance_ratio"] = ratio
-            if self.reference_features.shape[1] > 0:
-                out["d_min"] = self.kernel_distance(detached, local_species)
+            out.update(self.domain_monitors(detached, species_index, edge_index, edge_vectors, n_local))
         if compute_force_sigma:
             if self.uq == "evidential":
                 # the evidential head has no force spread of its own: the per-atom energy sigma
@@ -420,6 +483,60 @@ class MLIPotential(torch.nn.Module):
                 out["member_" + grad_name] = torch.cat([gradient.detach() + spread, gradient.detach() - spread], dim=0)
             else:
                 out["member_" + grad_name] = self.edge_grads(members, target)
+        return out
+
+    def domain_monitors(self, features: torch.Tensor, species_index: torch.Tensor, edge_index: torch.Tensor,
+                        edge_vectors: torch.Tensor, n_local: int) -> Dict[str, torch.Tensor]:
+        """``mahalanobis``, ``min_distance`` (Å), ``min_distance_ratio`` and, with a reference set,
+        ``d_min``, all [n_local], from standardised features [n_local, D] (no gradients)."""
+        local_species = species_index[:n_local]
+        coordinates = self.domain_coordinates(features)  # [n, P + 1], shared by T^2 and d_min
+        out: Dict[str, torch.Tensor] = {"mahalanobis": self.t_squared(coordinates, local_species)}
+        nearest, ratio = self.contact_distances(species_index, edge_index, edge_vectors, n_local)
+        out["min_distance"] = nearest
+        out["min_distance_ratio"] = ratio
+        if self.reference_features.shape[1] > 0:
+            out["d_min"] = self.reference_distance(coordinates, local_species)
+        return out
+
+    @torch.jit.export
+    def evaluate_monitors(
+        self,
+        species: torch.Tensor,
+        raw_features: torch.Tensor,
+        energy_members: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        n_local: int,
+    ) -> Dict[str, torch.Tensor]:
+        """The monitor outputs of ``evaluate_features`` alone: ``features`` [n_local, D],
+        ``energy_sigma``, ``mahalanobis``, ``min_distance``, ``min_distance_ratio`` and ``d_min``
+        [n_local], with no energies and no gradients. For hosts that compute energies, forces and
+        the members' per-atom energies ``energy_members`` [K, n_local] (eV) themselves (the
+        fused backend's one-pass C kernel and readout) and the raw features [n_local, D] with the
+        descriptor kernel. Ensemble models (a BLL or evidential head's spread comes from
+        ``evaluate_features``)."""
+        if self.uq != "ensemble":
+            raise ValueError("evaluate_monitors serves ensemble models; this model's uq is " + self.uq
+                             + ": call evaluate_features")
+        if n_local < 0 or n_local > species.shape[0]:
+            raise ValueError("n_local must be between 0 and the number of atoms")
+        if raw_features.dim() != 2 or raw_features.shape[0] != n_local or raw_features.shape[1] != self.n_features:
+            raise ValueError("raw_features must have shape [n_local, " + str(self.n_features) + "]")
+        if energy_members.dim() != 2 or energy_members.shape[0] != self.n_members or energy_members.shape[1] != n_local:
+            raise ValueError("energy_members must have shape [" + str(self.n_members) + ", n_local]")
+        species_index = self.species_index(species)
+        features = ((raw_features.to(self.feature_mean.dtype) - self.feature_mean) / self.feature_scale).detach()
+        members = energy_members.detach().to(features.dtype)
+        if self.n_members > 1:
+            sigma = members.std(dim=0)
+        else:
+            sigma = torch.zeros_like(members[0])
+        out: Dict[str, torch.Tensor] = {
+            "features": features,
+            "energy_sigma": torch.sqrt(sigma * sigma * self.energy_variance_scale + self.energy_variance_floor),
+        }
+        out.update(self.domain_monitors(features, species_index, edge_index, edge_vectors.detach(), n_local))
         return out
 
     def edge_grads(self, per_atom: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:

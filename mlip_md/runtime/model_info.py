@@ -22,7 +22,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import ase.data
 import numpy as np
 
-from ..errors import UnknownElementError
+from ..errors import ModelFileError, UnknownElementError
 from ..model.io import FORMAT_VERSION, UNITS, check_metadata
 
 
@@ -30,7 +30,10 @@ from ..model.io import FORMAT_VERSION, UNITS, check_metadata
 class DescriptorSpec:
     """The metadata block ``descriptor``: what a host needs to run the descriptor itself (the
     fused kernel, csrc ``mlip_power_spectrum_*``). ``kind`` and ``version`` as written (any JSON
-    value); the sizes and radii are None when the block lacks them."""
+    value); the sizes and radii are None when the block lacks them. Version 2 (compressed
+    species channels, :mod:`mlip_md.model.descriptor`) adds ``channels`` (Q) and
+    ``radial_mixing`` (W, float64 array [n_species, n_max, Q], read-only); for version 1 both
+    are None (one-hot, Q = n_species n_max)."""
 
     kind: Any
     version: Any
@@ -39,6 +42,8 @@ class DescriptorSpec:
     l_max: Optional[int] = None
     cutoff: Optional[float] = None  # Å
     switch_width: Optional[float] = None  # Å
+    channels: Optional[int] = None
+    radial_mixing: Optional[np.ndarray] = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_block(cls, block: Any) -> Optional["DescriptorSpec"]:
@@ -48,12 +53,45 @@ class DescriptorSpec:
         def number(key, kind):
             return None if block.get(key) is None else kind(block[key])
 
-        return cls(block.get("kind"), block.get("version"), number("n_species", int), number("n_max", int),
-                   number("l_max", int), number("cutoff", float), number("switch_width", float))
+        spec = cls(block.get("kind"), block.get("version"), number("n_species", int), number("n_max", int),
+                   number("l_max", int), number("cutoff", float), number("switch_width", float),
+                   number("channels", int), _mixing_array(block.get("radial_mixing")))
+        if spec.radial_mixing is not None:
+            expected = (spec.n_species, spec.n_max, spec.channels)
+            if spec.radial_mixing.shape != expected:
+                raise ModelFileError(f"metadata block 'descriptor': radial_mixing has shape "
+                                     f"{list(spec.radial_mixing.shape)}, not [n_species, n_max, channels] = "
+                                     f"{list(expected)}; re-export the model")
+        return spec
+
+    @property
+    def n_channels(self) -> Optional[int]:
+        """Q: ``channels``, or n_species n_max for a one-hot (version 1) block."""
+        if self.channels is not None:
+            return self.channels
+        if self.n_species is None or self.n_max is None:
+            return None
+        return self.n_species * self.n_max
 
     def kernel_params(self) -> Tuple[int, int, int, float, float]:
         """(n_species, n_max, l_max, cutoff Å, switch_width Å): the fused kernel's parameters."""
         return (int(self.n_species), int(self.n_max), int(self.l_max), float(self.cutoff), float(self.switch_width))
+
+
+def _mixing_array(value: Any) -> Optional[np.ndarray]:
+    """The nested list ``radial_mixing`` as a read-only float64 array (None when absent)."""
+    if value is None:
+        return None
+    try:
+        array = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"metadata block 'descriptor': radial_mixing is not a numeric array [S][n_max][Q] "
+                             f"({exc}); re-export the model") from exc
+    if array.ndim != 3 or not np.all(np.isfinite(array)):
+        raise ModelFileError("metadata block 'descriptor': radial_mixing must be a finite array [S][n_max][Q]; "
+                             "re-export the model")
+    array.setflags(write=False)
+    return array
 
 
 @dataclasses.dataclass(frozen=True)

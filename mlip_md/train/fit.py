@@ -10,7 +10,8 @@ from scipy import stats
 
 from ..model.assemble import member_forces_from_edge_grad
 from ..domain.kernel import fit_reference_set
-from ..domain.mahalanobis import fit_mahalanobis, t_squared
+from ..domain.monitor_space import DEFAULT_COMPONENTS, fit_monitor_space
+from ..model.descriptor import PowerSpectrum
 from ..model.potential import MLIPotential
 from ..model.repulsion import clear_repulsion, fit_repulsion
 from .data import LabelledGraph, collate
@@ -34,6 +35,84 @@ def raw_features(model: MLIPotential, graphs: Sequence[LabelledGraph]) -> tuple[
         )
         species.append(index)
     return torch.cat(feats), torch.cat(species)
+
+
+@torch.no_grad()
+def channel_second_moments(model: MLIPotential, graphs: Sequence[LabelledGraph], max_centres: int = 20000,
+                           seed: int = 0) -> tuple[torch.Tensor, int]:
+    """G [S n_max, S n_max] (float64) = sum over centres i and (l, m) of c_i c_i^T, with c_i the
+    uncompressed (one-hot, version 1) density coefficients of the channels (s, n) at row
+    s n_max + n; rotation invariant. Centres: every atom of a seeded random subset of
+    ``graphs`` with at most about ``max_centres`` atoms. Returns (G, number of centres). Built
+    one neighbour species at a time: nothing larger than [centres of 16 structures, n_max,
+    (l_max+1)^2] besides the descriptor's own [E, n_max] basis."""
+    descriptor = model.descriptor
+    n_max, n_species = descriptor.n_max, descriptor.n_species
+    single = PowerSpectrum(1, descriptor.radial.cutoff, n_max, descriptor.l_max, descriptor.radial.switch_width)
+    order = np.random.default_rng(seed).permutation(len(graphs))
+    chosen, total = [], 0
+    for index in order:
+        if total >= max_centres:
+            break
+        chosen.append(graphs[int(index)])
+        total += graphs[int(index)].n_atoms
+    gram = torch.zeros((n_species * n_max, n_species * n_max), dtype=torch.float64)
+    for chunk in _chunks(chosen, 16):
+        batch = collate(chunk).to(model.feature_mean.dtype)
+        n = batch.numbers.shape[0]
+        neighbour_species = model.species_index(batch.numbers)[batch.edge_index[1]]
+        radial, angular = descriptor.basis(batch.edge_vectors)
+        blocks = []
+        for s in range(n_species):
+            rows = torch.nonzero(neighbour_species == s).squeeze(1)
+            centres = batch.edge_index[0].index_select(0, rows)
+            zeros = torch.zeros((n,), dtype=torch.long)
+            blocks.append(single.density(zeros, centres, centres, radial.index_select(0, rows),
+                                         angular.index_select(0, rows), n))  # [n, n_max, (l_max+1)^2]
+        c = torch.cat(blocks, dim=1).to(torch.float64)  # [n, S n_max, (l_max+1)^2]
+        gram += torch.einsum("iql,irl->qr", c, c)
+    return gram, total
+
+
+@torch.no_grad()
+def fit_radial_mixing(model: MLIPotential, graphs: Sequence[LabelledGraph], max_centres: int = 20000,
+                      balance_species: bool = False) -> Dict[str, object]:
+    """Fit the descriptor's ``radial_mixing`` W [S, n_max, Q] of a compressed model (Q < S n_max,
+    :mod:`mlip_md.model.descriptor`) to the training graphs: the top-Q eigenvectors of the channel
+    second-moment matrix G (:func:`channel_second_moments`), so the Q channels keep as much of
+    the neighbour densities as any rank-Q linear mixing can. Each eigenvector's sign makes its
+    largest entry positive (deterministic). ``balance_species``: first scale every neighbour
+    species' block to unit mean square (rare species get the weight of common ones); W then
+    undoes the scaling. Call before :func:`fit_normalisation` (the features change with W).
+    Returns a summary: channels, retained fraction of trace(G), centres used."""
+    descriptor = model.descriptor
+    if not descriptor.compressed:
+        raise ValueError("fit_radial_mixing needs a compressed descriptor (channels < n_species x n_max); this "
+                         f"model has {descriptor.n_channels} one-hot channels")
+    gram, centres = channel_second_moments(model, graphs, max_centres)
+    n_max, n_species, q = descriptor.n_max, descriptor.n_species, descriptor.n_channels
+    diagonal = torch.diagonal(gram).reshape(n_species, n_max)
+    scale = torch.ones(n_species, dtype=torch.float64)
+    if balance_species:
+        block_ms = diagonal.mean(dim=1)
+        scale = torch.where(block_ms > 0, block_ms.clamp_min(1e-300).rsqrt(), torch.ones_like(block_ms))
+    row_scale = scale.repeat_interleave(n_max)
+    scaled = gram * row_scale.unsqueeze(0) * row_scale.unsqueeze(1)
+    values, vectors = torch.linalg.eigh(scaled)
+    values, vectors = values.flip(0)[:q], vectors.flip(1)[:, :q]
+    largest = vectors.abs().argmax(dim=0)
+    signs = torch.sign(vectors[largest, torch.arange(q)])
+    vectors = vectors * torch.where(signs == 0, torch.ones_like(signs), signs).unsqueeze(0)
+    mixing = (vectors * row_scale.unsqueeze(1)).reshape(n_species, n_max, q)
+    descriptor.radial_mixing.copy_(mixing.to(descriptor.radial_mixing.dtype))
+    trace = float(torch.diagonal(scaled).sum())
+    return {
+        "channels": q,
+        "uncompressed_channels": n_species * n_max,
+        "retained_fraction": float(values.clamp_min(0).sum()) / trace if trace > 0 else 1.0,
+        "balance_species": bool(balance_species),
+        "centres": centres,
+    }
 
 
 def fit_normalisation(model: MLIPotential, graphs: Sequence[LabelledGraph]) -> Dict[str, object]:
@@ -67,31 +146,17 @@ def fit_normalisation(model: MLIPotential, graphs: Sequence[LabelledGraph]) -> D
 
 def fit_domain_statistics(
     model: MLIPotential, graphs: Sequence[LabelledGraph], shrinkage: float = 0.05, quantile: float = 0.999,
-    reference_size: int = 256,
+    reference_size: int = 256, components: int = DEFAULT_COMPONENTS,
 ) -> Dict[str, object]:
-    """Per-element mean and regularised precision of the standardised features, the smallest
-    distance seen for every element pair (and from it the short-range repulsion's radii, when
-    ``model.config.repulsion``), and the kernel-distance reference set. Thresholds for
-    T^2: the chi^2 quantile with the effective degrees of freedom tr(Sigma_reg^-1 Sigma) (= D for
-    an unshrunk, full-rank covariance) and the empirical quantile of the training set; for
-    d_min: the quantile over held-out training environments."""
+    """The domain monitors' statistics (:func:`fit_domain_monitors`: T^2 and d_min in the bounded
+    monitor space), the smallest distance seen for every element pair (and from it the
+    short-range repulsion's radii, when ``model.config.repulsion``). Returns the metadata blocks
+    ``monitors.mahalanobis`` and ``monitors.d_min``."""
     raw, species = raw_features(model, graphs)
     features = ((raw - model.feature_mean) / model.feature_scale).to(torch.float64)
-    thresholds = {}
-    for s, z in enumerate(model.atomic_numbers.tolist()):
-        x = features[species == s]
-        if x.shape[0] < 2:
-            continue
-        mu, precision, dof = fit_mahalanobis(x, shrinkage)
-        model.domain_mean[s].copy_(mu)
-        model.domain_precision[s].copy_(precision)
-        t2 = t_squared(x, mu, precision)
-        thresholds[str(z)] = {
-            "dof": dof,
-            "chi2": float(stats.chi2.ppf(quantile, dof)),
-            "empirical": float(torch.quantile(t2, quantile)),
-            "training_max": float(t2.max()),
-        }
+    del raw
+    blocks = fit_domain_monitors(model, features, species, shrinkage, quantile, reference_size, components)
+    del features
     n_species = model.n_species
     closest = torch.full((n_species, n_species), float("inf"), dtype=torch.float64)
     for g in graphs:
@@ -111,15 +176,61 @@ def fit_domain_statistics(
         fit_repulsion(model)
     else:
         clear_repulsion(model)
+    return blocks
+
+
+@torch.no_grad()
+def fit_domain_monitors(
+    model: MLIPotential, features: torch.Tensor, species: torch.Tensor, shrinkage: float = 0.05,
+    quantile: float = 0.999, reference_size: int = 256, components: int = DEFAULT_COMPONENTS,
+) -> Dict[str, object]:
+    """Fit and store ``model``'s T^2 and d_min statistics from standardised training features
+    [N, D] of species indices [N] (0..S-1) in the monitor space of
+    :mod:`mlip_md.domain.monitor_space` (``components`` principal components plus the distance
+    from them; memory: [D, P] + [S, P, P] + the reference set [S, M, P + 1]).
+
+    Thresholds per element: T^2 ``chi2``, the chi^2 ``quantile`` with the effective dof (the
+    mean T^2 of the element's training environments for Gaussian descriptors), ``empirical``,
+    that quantile of the training set, and ``training_max``, its largest value, both as the
+    model computes them; ``residual_dof`` (Box's dof of the term outside the components) and
+    ``explained`` (share of the element's variance in the components). d_min: quantiles over
+    held-out training environments (:func:`mlip_md.domain.kernel.fit_reference_set`). Returns
+    the metadata blocks ``monitors.mahalanobis`` and ``monitors.d_min``."""
+    space = fit_monitor_space(features, species, model.n_species, components, shrinkage)
+    dtype = model.feature_mean.dtype
+    n_species = model.n_species
+    model.domain_center.copy_(space.center)
+    model.domain_projection = space.projection.to(dtype)
+    model.domain_component_mean = space.mean.to(dtype)
+    model.domain_component_precision = space.precision.to(dtype)
+    model.domain_residual_weight.copy_(space.residual_weight)
+    model.domain_mean = torch.zeros((n_species, 0), dtype=dtype)  # the dense statistics of older files
+    model.domain_precision = torch.zeros((n_species, 0, 0), dtype=dtype)
+    coordinates = model.domain_coordinates(features.to(dtype))  # [N, P + 1]
+    t2 = model.t_squared(coordinates, species).to(torch.float64).numpy()
+    numbers = model.atomic_numbers.tolist()
+    index = species.numpy()
+    thresholds = {}
+    for s, dof in space.dof.items():
+        values = t2[index == s]
+        thresholds[str(numbers[s])] = {
+            "dof": dof,
+            "chi2": float(stats.chi2.ppf(quantile, dof)),
+            "empirical": float(np.quantile(values, quantile)),
+            "training_max": float(values.max()),
+            "residual_dof": space.residual_dof[s],
+            "explained": space.explained[s],
+        }
     refs, counts, length, d_thresholds = fit_reference_set(
-        features.numpy(), species.numpy(), model.n_species, size=reference_size, quantile=quantile)
-    model.reference_features = torch.as_tensor(refs, dtype=model.feature_mean.dtype)
+        coordinates.to(torch.float64).numpy(), index, n_species, size=reference_size, quantile=quantile)
+    model.reference_features = torch.as_tensor(refs, dtype=dtype)
     model.reference_count.copy_(torch.as_tensor(counts))
     model.kernel_length.fill_(length)
-    numbers = model.atomic_numbers.tolist()
     return {
-        "mahalanobis": {"quantile": quantile, "shrinkage": shrinkage, "per_element": thresholds},
+        "mahalanobis": {"quantile": quantile, "shrinkage": shrinkage, "components": space.components,
+                        "per_element": thresholds},
         "d_min": {"quantile": quantile, "kernel_length": length, "reference_size": int(counts.max(initial=0)),
+                  "components": space.components,
                   "per_element": {str(numbers[s]): v for s, v in d_thresholds.items()}},
     }
 

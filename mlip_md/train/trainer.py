@@ -30,10 +30,11 @@ import torch
 from ..files import atomic_path, atomic_write_text
 from ..errors import CheckpointError, TrainingError
 from ..model.io import save_model
-from ..model.potential import MLIPotential, ModelConfig
+from ..model.potential import MONITOR_BUFFERS, MLIPotential, ModelConfig
 from ..uq.bll import fit_last_layer_posterior
 from .data import LabelledGraph, check_frames, collate, dataset_hash, to_graph
-from .fit import evaluate_errors, fit_domain_statistics, fit_normalisation
+from ..model.descriptor import default_channels
+from .fit import evaluate_errors, fit_domain_statistics, fit_normalisation, fit_radial_mixing
 from .loss import LossWeights, loss_terms, predict_batch, weighted_loss
 
 TRAIN_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -275,6 +276,27 @@ class MemberTrainer:
         return self.model
 
 
+def resolve_model_channels(config: ModelConfig, init_from: Optional[MLIPotential] = None) -> ModelConfig:
+    """``config`` with an explicit ``channels``: as given, else the warm start's, else the
+    default rule (:func:`mlip_md.model.descriptor.default_channels`). Stored in the model file,
+    so the file rebuilds with the same descriptor whatever a later default is."""
+    if config.channels is not None:
+        return config
+    if init_from is not None:
+        channels = int(init_from.descriptor.n_channels)
+    else:
+        channels = default_channels(len(config.atomic_numbers), config.n_max)
+    return dataclasses.replace(config, channels=channels)
+
+
+def shared_member_state(ensemble: MLIPotential) -> Dict[str, torch.Tensor]:
+    """What every member starts from: the ensemble's non-readout buffers (normalisation,
+    descriptor), without the domain monitors' statistics, which are fitted after training into
+    the ensemble alone (members never read them; one copy is kept, not one per member)."""
+    return {n: t.clone() for n, t in ensemble.state_dict().items()
+            if not n.startswith("readout.") and n not in MONITOR_BUFFERS}
+
+
 def _member_config(config: ModelConfig) -> ModelConfig:
     """One network; a Bayesian last layer is fitted after training an ordinary one."""
     return dataclasses.replace(config, ensemble_size=1, uq="ensemble" if config.uq == "bll" else config.uq)
@@ -413,6 +435,20 @@ def _check_finite_validation(validation: dict, output: Path, checkpoint_dir: Opt
             "labels" + _kept_for_inspection(checkpoint_dir))
 
 
+def _fit_descriptor(model: MLIPotential, graphs: Sequence[LabelledGraph], init_from: Optional[MLIPotential]) -> dict:
+    """Fit a compressed descriptor's radial mixing to the training graphs (a warm start keeps
+    its model's, which its readout weights were trained on); a summary for the report."""
+    descriptor = model.descriptor
+    summary = {"channels": int(descriptor.n_channels), "n_features": int(descriptor.n_features),
+               "compressed": bool(descriptor.compressed)}
+    if not descriptor.compressed:
+        return summary
+    if init_from is not None and init_from.descriptor.radial_mixing.shape == descriptor.radial_mixing.shape:
+        descriptor.radial_mixing.copy_(init_from.descriptor.radial_mixing)
+        return {**summary, "radial_mixing": "warm start"}
+    return {**summary, **fit_radial_mixing(model, graphs)}
+
+
 def train_ensemble(
     train_frames: Sequence[ase.Atoms],
     val_frames: Sequence[ase.Atoms],
@@ -434,6 +470,7 @@ def train_ensemble(
     """
     output = Path(output)
     cutoff = model_config.cutoff
+    model_config = resolve_model_channels(model_config, init_from)
     train_frames = check_frames(train_frames, "training structures")
     val_frames = check_frames(val_frames, "validation structures")
     train_graphs = [to_graph(a, cutoff) for a in train_frames]
@@ -473,8 +510,9 @@ def train_ensemble(
 
     torch.manual_seed(config.seed)
     ensemble = MLIPotential(model_config).to(torch.float64)
+    descriptor_summary = _fit_descriptor(ensemble, train_graphs, init_from)
     normalisation = fit_normalisation(ensemble, train_graphs)
-    shared = {n: t.clone() for n, t in ensemble.state_dict().items() if not n.startswith("readout.")}
+    shared = shared_member_state(ensemble)
     k_total = model_config.ensemble_size
     threads = max(1, torch.get_num_threads() // max(1, workers)) if workers > 1 else 0
     jobs = [
@@ -515,6 +553,7 @@ def train_ensemble(
         "train_seconds": train_seconds,
         "epochs_per_member": [len(h) for h in histories],
         "diverged_members": diverged,
+        "descriptor": descriptor_summary,
         "normalisation": normalisation,
         "uq": {"method": model_config.uq, **uq_summary},
         "validation": validation,

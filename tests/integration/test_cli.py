@@ -237,3 +237,25 @@ def test_upgrade_reexports_an_older_model_file(tmp_path):
     assert abs(energies[0] - energies[1]) < 1e-9
     refused = mlip_md("upgrade", old, "-o", old, check=False)
     assert refused.returncode == 2 and "is the input file" in refused.stderr
+
+
+def test_train_channels_writes_a_compressed_model_that_passes_check(tmp_path):
+    """--channels Q < n_species x n_max: a version-2 descriptor (metadata with the fitted mixing)
+    whose forces, stress and invariances pass `mlip-md check`; an impossible Q is one clear error."""
+    from conftest import labelled
+
+    frames = []
+    for atoms in emt_cu_frames(10, seed=11):
+        alloy = atoms.copy()
+        alloy.numbers[::3] = 28
+        frames.append(labelled(alloy))
+    data, out = tmp_path / "cuni.extxyz", tmp_path / "q3.pt"
+    write(data, frames)
+    args = ["train", data, "--ensemble", "1", "--epochs", "1", "--no-progress", *TINY_ARGS]
+    mlip_md(*args, "-o", out, "--channels", "3")
+    info = json.loads(mlip_md("info", out).stdout)
+    assert info["descriptor"]["version"] == 2 and info["descriptor"]["channels"] == 3
+    assert len(info["descriptor"]["radial_mixing"]) == 2 and info["n_features"] == 3 + 6 * 3
+    assert "all checks passed" in mlip_md("check", out).stdout
+    line = error_line(mlip_md(*args, "-o", tmp_path / "bad.pt", "--channels", "9", check=False), "train")
+    assert "channels must be an integer in 1..n_species x n_max = 8 (2 x 4), got 9" in line

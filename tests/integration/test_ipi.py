@@ -170,6 +170,27 @@ def test_monitor_every_computes_monitors_on_every_nth_step(tmp_path):
         Driver(Predictor(), SocketClient("x"), numbers=atoms.numbers, monitor=MonitorPolicy([]), monitor_every=0)
 
 
+def test_monitor_extras_are_sent_on_every_step_nan_when_not_computed(tmp_path):
+    """i-PI's <trajectory extra_type='mahalanobis_max'> (examples/ipi/nve.xml) reads its keys on
+    every step it writes, so the driver sends them on every step: NaN where monitors did not run
+    (--monitor-every 0 stopped i-PI with a KeyError on its first step)."""
+    atoms = crystal(repeat=3, seed=6)
+    extra = "<trajectory filename='t2' stride='1' extra_type='mahalanobis_max,d_min_max'> extras </trajectory>"
+    written = {}
+    for every in (0, 2):
+        root = tmp_path / f"every_{every}"
+        root.mkdir()
+        driver = run_in_process(root, atoms, lambda a: simulation_xml(a, 4, temperature=10, extra_output=extra),
+                                monitor_every=every)
+        lines = (root / "sim.t2_0").read_text().splitlines()
+        written[every] = np.array([line.split() for line in lines if line.strip() and "#" not in line], dtype=float)
+        assert len(written[every]) >= 4 and written[every].shape[1] == 2 and driver.steps >= 4
+    assert np.isnan(written[0]).all()
+    monitored = ~np.isnan(written[2][:, 0])
+    assert monitored.any() and (~monitored).any()  # every other step
+    assert (written[2][monitored] > 0).all() and np.isnan(written[2][~monitored]).all()
+
+
 def test_ffcommittee_active_output(tmp_path):
     """i-PI's own <ffcommittee parse_json='true'> consumes the driver's committee extras and
     writes the active-learning file when the committee spread crosses active_thresh."""

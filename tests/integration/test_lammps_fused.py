@@ -46,6 +46,7 @@ def cuni_unsorted(tmp_path_factory) -> dict:
     every monitor buffer filled (T^2, d_min, contacts), in float64 and float32."""
     from mlip_md.model.io import save_model
     from mlip_md.model.potential import MLIPotential, ModelConfig
+    from mlip_md.train.fit import fit_domain_monitors
 
     cfg = ModelConfig(atomic_numbers=[29, 28], cutoff=4.2, switch_width=1.2, n_max=3, l_max=3, hidden=(8,),
                       ensemble_size=3)
@@ -58,9 +59,10 @@ def cuni_unsorted(tmp_path_factory) -> dict:
         model.atomic_reference_energy.copy_(torch.tensor([-3.5, -4.4]))
         model.energy_variance_scale.fill_(1.3)
         model.force_variance_scale.fill_(2.0)
-        model.domain_precision.copy_(torch.eye(d).expand(2, d, d) * torch.tensor([1.0, 3.0]).view(2, 1, 1))
+        fit_domain_monitors(model, torch.randn(64, d, generator=gen, dtype=torch.float64), torch.arange(64) % 2)
         model.pair_min_distance.fill_(2.1)
-        model.reference_features = torch.randn(2, 4, d, generator=gen, dtype=torch.float64)
+        p = model.domain_projection.shape[1]  # monitor coordinates: P components and the residual
+        model.reference_features = torch.randn(2, 4, p + 1, generator=gen, dtype=torch.float64)
         model.reference_count.copy_(torch.tensor([4, 2]))
     root = tmp_path_factory.mktemp("fused_models")
     assert model.atomic_numbers.tolist() == [29, 28]

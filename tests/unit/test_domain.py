@@ -11,6 +11,7 @@ from mlip_md.domain.hull import hull_distance, in_hull
 from mlip_md.domain.kernel import farthest_point_sampling, fit_reference_set, kernel_distance
 from mlip_md.train.data import to_graph
 from mlip_md.train.fit import raw_features
+from conftest import fitted_potential  # noqa: E402
 
 
 def test_fps_picks_extremes_first():
@@ -54,17 +55,20 @@ def test_hull_membership_exact(dim):
     assert not in_hull(np.full((1, dim), 1.0), simplex)[0] or dim == 1
 
 
-def test_model_d_min_zero_on_reference_environments(random_potential, emt_frames):
-    assert random_potential.reference_features.shape[1] > 0
-    graphs = [to_graph(a, random_potential.cutoff) for a in emt_frames]
-    raw, species = raw_features(random_potential, graphs)
-    features = (raw - random_potential.feature_mean) / random_potential.feature_scale
-    refs = random_potential.reference_features[0, : int(random_potential.reference_count[0])]
-    # every reference row is some training environment: its d_min is 0
-    d = random_potential.kernel_distance(refs, torch.zeros(len(refs), dtype=torch.long))
+def test_model_d_min_zero_on_reference_environments(emt_frames):
+    model = fitted_potential(emt_frames)  # fresh: other tests round the shared one through float32
+    assert model.reference_features.shape[1] > 0
+    graphs = [to_graph(a, model.cutoff) for a in emt_frames]
+    raw, species = raw_features(model, graphs)
+    features = (raw - model.feature_mean) / model.feature_scale
+    refs = model.reference_features[0, : int(model.reference_count[0])]
+    # every reference row is the monitor coordinates (z, r) of some training environment: d_min 0
+    d = model.reference_distance(refs, torch.zeros(len(refs), dtype=torch.long))
     assert float(d.max()) < 1e-6
-    d_all = random_potential.kernel_distance(features, species).numpy()
-    np.testing.assert_allclose(d_all, kernel_distance(features.numpy(), refs.numpy(), float(random_potential.kernel_length)), atol=5e-7)
+    d_all = model.kernel_distance(features, species).numpy()
+    assert np.sort(d_all)[: len(refs)].max() < 1e-6
+    coordinates = model.domain_coordinates(features).numpy()
+    np.testing.assert_allclose(d_all, kernel_distance(coordinates, refs.numpy(), float(model.kernel_length)), atol=5e-7)
 
 
 def test_t_squared_of_gaussian_training_data_follows_chi2():
@@ -97,8 +101,8 @@ def test_model_t_squared_uses_stored_statistics(random_potential, emt_frames):
     graphs = [to_graph(a, random_potential.cutoff) for a in emt_frames]
     raw, species = raw_features(random_potential, graphs)
     features = (raw - random_potential.feature_mean) / random_potential.feature_scale
-    t2 = random_potential.mahalanobis(features, species).numpy()
     summary = fit_domain_statistics(random_potential, graphs)["mahalanobis"]["per_element"]["29"]
+    t2 = random_potential.mahalanobis(features, species).numpy()
     assert 1 < summary["dof"] < features.shape[1]  # correlated descriptors: fewer effective dof
     assert t2.mean() == pytest.approx(summary["dof"], rel=2e-3)  # (n - 1) / n: unbiased covariance
     assert summary["empirical"] == pytest.approx(np.quantile(t2, 0.999))

@@ -17,7 +17,9 @@ from mlip_md.model.potential import MLIPotential, ModelConfig
 from mlip_md.runtime.factory import load_model
 from mlip_md.runtime.fused import FusedBackend, FusedModelError, check_fused, fused_unsupported_reason
 from mlip_md.runtime.predictor import Predictor
+from mlip_md.runtime.request import EvaluationRequest
 from mlip_md.runtime.torchscript import TorchScriptBackend
+from mlip_md.train.fit import fit_domain_monitors
 
 KEYS = ("energy", "energies", "forces", "virial", "stress", "energy_members", "energy_uncertainty", "energy_sigma",
         "mahalanobis", "d_min", "energy_variance", "min_distance", "min_distance_ratio", "features",
@@ -47,10 +49,10 @@ def pair(model, **kw):
     return plain, fused
 
 
-def alloy(seed=0):
+def alloy(seed=0, numbers=(28, 29)):
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     atoms.rattle(0.08, seed=seed)
-    atoms.numbers = np.random.default_rng(seed).choice([28, 29], size=len(atoms))
+    atoms.numbers = np.random.default_rng(seed).choice(numbers, size=len(atoms))
     return atoms
 
 
@@ -63,23 +65,30 @@ def cluster():
     return atoms
 
 
-def tiny_model(uq="ensemble") -> MLIPotential:
-    """Random (Cu, Ni) model, species in non-sorted order, every monitor buffer filled."""
-    cfg = ModelConfig(atomic_numbers=[29, 28], cutoff=4.0, switch_width=1.2, n_max=3, l_max=3, hidden=(8,),
-                      ensemble_size=3 if uq == "ensemble" else 1, uq=uq)
+def tiny_model(uq="ensemble", atomic_numbers=(29, 28), channels=None) -> MLIPotential:
+    """Random (Cu, Ni) model, species in non-sorted order, every monitor buffer filled; other
+    elements and, with ``channels``, a compressed descriptor with a dense random radial mixing."""
+    cfg = ModelConfig(atomic_numbers=list(atomic_numbers), cutoff=4.0, switch_width=1.2,
+                      n_max=3 if channels is None else 4, l_max=3, hidden=(8,),
+                      ensemble_size=3 if uq == "ensemble" else 1, uq=uq, channels=channels)
     model = MLIPotential(cfg).double().eval()
     gen = torch.Generator().manual_seed(7)
     d = model.n_features
+    s = len(atomic_numbers)
     with torch.no_grad():
+        if channels is not None:
+            mixing = model.descriptor.radial_mixing
+            mixing.copy_(torch.randn(mixing.shape, generator=gen, dtype=torch.float64) / mixing.shape[1] ** 0.5)
         model.feature_mean.normal_(0.0, 0.1, generator=gen)
         model.feature_scale.uniform_(0.5, 2.0, generator=gen)
         model.energy_scale.fill_(0.8)
-        model.atomic_reference_energy.copy_(torch.tensor([-3.5, -4.4]))
+        model.atomic_reference_energy.copy_(torch.linspace(-3.5, -4.4, s, dtype=torch.float64))
         model.energy_variance_scale.fill_(1.7)
-        model.domain_precision.copy_(torch.eye(d).expand(2, d, d) * torch.tensor([1.0, 2.0]).view(2, 1, 1))
+        fit_domain_monitors(model, torch.randn(64, d, generator=gen, dtype=torch.float64), torch.arange(64) % s)
         model.pair_min_distance.fill_(2.0)
-        model.reference_features = torch.randn(2, 4, d, generator=gen, dtype=torch.float64)
-        model.reference_count.copy_(torch.tensor([4, 2]))
+        p = model.domain_projection.shape[1]  # monitor coordinates: P components and the residual
+        model.reference_features = torch.randn(s, 4, p + 1, generator=gen, dtype=torch.float64)
+        model.reference_count.copy_(torch.tensor([4, 2, 3, 1, 4][:s]))
         model.bll_factor.normal_(0.0, 0.01, generator=gen)
     return model
 
@@ -138,6 +147,114 @@ def test_other_uq_heads_fused_equals_torchscript(tmp_path, uq):
     plain, fused = pair(load_model(save_model(tiny_model(uq), tmp_path / "m.pt")))
     atoms = alloy(seed=4)
     assert_same(plain.predict_atoms(atoms, force_sigma=True), fused.predict_atoms(atoms, force_sigma=True), 1e-10)
+
+
+# ------------------------------------------------------- species-compressed descriptor (version 2)
+#: 3 and 5 elements in an order that is not sorted (species index != sorted position)
+COMPRESSED = {3: ((46, 29, 28), 5), 5: ((79, 28, 46, 29, 47), 4)}
+
+
+@pytest.fixture(scope="module")
+def compressed_files(tmp_path_factory):
+    """{(n_elements, dtype): path} of random compressed models (Q < S n_max, dense W)."""
+    root = tmp_path_factory.mktemp("compressed")
+    files = {}
+    for size, (numbers, channels) in COMPRESSED.items():
+        model = tiny_model(atomic_numbers=numbers, channels=channels)
+        assert model.descriptor.compressed
+        for dtype in ("float64", "float32"):
+            files[size, dtype] = save_model(model, root / f"c{size}_{dtype}.pt", dtype=dtype)
+    return files
+
+
+@pytest.mark.parametrize("size", sorted(COMPRESSED))
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_compressed_models_fused_equal_torchscript(compressed_files, size, dtype, rtol):
+    """Every output (monitors and force sigma through evaluate_features and the K + 1-row
+    backward; the one-pass C readout without monitors; a slice of centres) equals TorchScript."""
+    model = load_model(compressed_files[size, dtype])
+    assert model.info.descriptor.version == 2 and model.info.descriptor.channels == COMPRESSED[size][1]
+    plain, fused = pair(model)
+    w = fused.model.params[5]
+    assert w.shape == (size, 4, COMPRESSED[size][1]) and w.dtype == np.float64
+    atoms = alloy(seed=size, numbers=COMPRESSED[size][0])
+    a, b = plain.predict_atoms(atoms, force_sigma=True), fused.predict_atoms(atoms, force_sigma=True)
+    assert_same(a, b, rtol)
+    assert np.abs(b.forces).max() > 1e-3 and b.force_members.shape == (3, len(atoms), 3)
+    assert_same(plain.predict_atoms(atoms, monitors=False), fused.predict_atoms(atoms, monitors=False), rtol)
+    args = (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+    assert_same(plain.predict(*args, force_sigma=True, centres=slice(5, 23)),
+                fused.predict(*args, force_sigma=True, centres=slice(5, 23)), rtol)
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_monitored_calls_take_the_one_pass_step_with_the_same_outputs(compressed_files, tiny_files, dtype, rtol):
+    """Monitors without force sigma: the one-pass C step plus the model's evaluate_monitors
+    gives every output of the TorchScript path (and never calls the edge-gradient path)."""
+    for path, numbers in ((compressed_files[5, dtype], COMPRESSED[5][0]), (tiny_files[dtype], (28, 29))):
+        plain, fused = pair(load_model(path))
+        assert fused.model._monitors_beside_one_pass(EvaluationRequest(monitors=True), 32, 32)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the monitored call took the edge-gradient path")
+
+        fused.model._edge_gradients = refuse
+        atoms = alloy(seed=4, numbers=numbers)
+        a, b = plain.predict_atoms(atoms), fused.predict_atoms(atoms)
+        assert b.mahalanobis is not None and b.d_min is not None
+        assert_same(a, b, rtol)
+
+
+def test_compressed_one_pass_forces_and_stress_equal_finite_differences(compressed_files):
+    """The one-pass kernel (descriptor, C readout and backward to forces in blocks of centres)
+    on a 5-element compressed model: forces and stress are the energy's derivatives."""
+    predictor = Predictor(compressed_files[5, "float64"], fused=True)
+    assert predictor.model.native_readout is not None
+    crystal = alloy(seed=3, numbers=COMPRESSED[5][0])
+    result = predictor.predict_atoms(crystal, monitors=False)
+    h = 1e-5
+    for i, c in ((0, 0), (9, 1), (30, 2)):
+        energies = []
+        for sign in (1, -1):
+            moved = crystal.copy()
+            moved.positions[i, c] += sign * h
+            energies.append(predictor.predict_atoms(moved, monitors=False).energy)
+        assert abs(-(energies[0] - energies[1]) / (2 * h) - result.forces[i, c]) < 1e-6
+    for a, b in ((0, 0), (1, 2)):
+        energies = []
+        for sign in (1, -1):
+            strain = np.eye(3)
+            strain[a, b] += sign * h
+            strained = crystal.copy()
+            strained.set_cell(crystal.cell.array @ strain, scale_atoms=True)
+            energies.append(predictor.predict_atoms(strained, monitors=False).energy)
+        derivative = (energies[0] - energies[1]) / (2 * h) / crystal.get_volume()
+        assert abs(derivative - 0.5 * (result.stress[a, b] + result.stress[b, a])) < 1e-7
+    assert np.abs(result.forces).max() > 1e-3
+
+
+def test_compressed_block_without_mixing_or_unknown_version_falls_back(compressed_files, tmp_path):
+    """A version-2 block without its radial_mixing, or a version the kernel does not know: auto
+    falls back to TorchScript, fused=True names the reason; module and metadata disagreeing on W
+    is a ModelFileError (its hosts would disagree)."""
+    from mlip_md.errors import ModelFileError
+
+    model = load_model(compressed_files[3, "float64"])
+    block = model.metadata["descriptor"]
+    cases = {"no_mixing": ({k: v for k, v in block.items() if k != "radial_mixing"},
+                           r"version 2\) descriptor block without its 'radial_mixing'"),
+             "version_3": ({**block, "version": 3}, r"version 3; the fused kernel implements 'power_spectrum' versions 1, 2")}
+    for name, (changed, message) in cases.items():
+        model.metadata["descriptor"] = changed
+        path = model.save(tmp_path / f"{name}.pt")
+        assert not isinstance(Predictor(path).model, FusedBackend), name
+        with pytest.raises(FusedModelError, match=message):
+            Predictor(path, fused=True)
+    w = np.array(block["radial_mixing"])
+    w[1, 2, 0] += 1e-3
+    model.metadata["descriptor"] = {**block, "radial_mixing": w.tolist()}
+    with pytest.raises(ModelFileError, match="radial mixing W .* differs from the metadata's"):
+        Predictor(model.save(tmp_path / "edited.pt"), fused=True)
 
 
 def test_fused_forces_and_stress_equal_finite_differences(tiny_files):

