@@ -580,4 +580,5 @@ def test_plugin_keeps_freed_memory(plugin, env, tmp_path):
         return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
 
     system, kept = ((faults(malloc, 20) - faults(malloc, 0)) / 20 for malloc in ("system", "mlip_md"))
-    assert system > 3 * kept, (system, kept)
+    # 2.8-10x fewer measured (2174 vs 775 in a fresh CI venv); a plugin without the mallopt calls: 1.07x
+    assert system > 1.5 * kept, (system, kept)
