@@ -36,8 +36,9 @@ the earlier ones, and `train` is skipped for a model already in WORK unless --re
 * ``lammps``: the same box in LAMMPS with ``pair_coeff * * O H`` (a data file with 2 types):
   energy, forces and pressure of `run 0` against MLIPCalculator (float64), then NVE steps/s.
 * ``speed``: one rank / one thread at N = 864 atoms for every system (water: the 16-molecule box
-  x 3x3x2, alloy: the 108-atom cell x 2x2x2, Cu: 6x6x6 fcc with the shipped model (K = 4) and
-  with a Cu model of the trained models' width (K = 2, random readout: speed only)): LAMMPS NVE
+  x 3x3x2, compressed and uncompressed models; alloy: the 108-atom cell x 2x2x2; Cu: 6x6x6 fcc
+  with the shipped model (K = 4) and with a Cu model of the trained models' width (K = 2,
+  random readout: speed only)): LAMMPS NVE
   (fused kernel; monitors off, and T² every step with ``uncertainty_every 1``) and i-PI NVE +
   `mlip-md ipi --monitor-every 0` (timed by i-PI's per-step output), in katom-steps/s, best of
   --repeats round-robin runs, and the ratios to the shipped Cu model.
@@ -210,14 +211,14 @@ def ase_nve(model: Path, atoms, timestep_fs: float, steps: int, temperature: flo
     """VelocityVerlet with MLIPCalculator (default monitors: T^2, d_min, sigma every step) from
     Maxwell-Boltzmann velocities; drift of the total energy per atom."""
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     from mlip_md import MLIPCalculator
 
     atoms = atoms.copy()
     atoms.calc = MLIPCalculator(model, ood_warnings=False, threads=1)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=temperature, rng=np.random.default_rng(0))
     Stationary(atoms)
     dyn = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
     times, energies, temps = [], [], []
@@ -398,11 +399,13 @@ def ipi_speed(model: Path, atoms, workdir: Path, steps: int) -> dict:
 
 # ------------------------------------------------------------------------------------- main
 SPEED_N = 864  # water 48 x 18, alloy 108 x 8, Cu 4 x 6^3
+SPEED_ORDER = ["water", "water_uncompressed", "alloy", "Cu", "Cu_K2"]
 
 
 def speed_systems(water_dir: Path, alloy_dir: Path) -> dict:
     """name -> (atoms, elements for pair_coeff, timestep fs); all SPEED_N atoms."""
     systems = {"water": (water_box(water_dir, (3, 3, 2)), WATER_ELEMENTS, 0.5),
+               "water_uncompressed": (water_box(water_dir, (3, 3, 2)), WATER_ELEMENTS, 0.5),
                "alloy": (alloy_cell(alloy_dir, (2, 2, 2)), ALLOY_ELEMENTS, 1.0),
                "Cu": (cu_crystal(6), ["Cu"], 1.0),
                "Cu_K2": (cu_crystal(6), ["Cu"], 1.0)}
@@ -443,7 +446,8 @@ def run_stages(args) -> dict:
     if "speed" in args.stages:
         from mlip_md.model.io import default_model_path, read_metadata
 
-        chosen = {"water": models["water"], "alloy": models["alloy"], "Cu": default_model_path(),
+        chosen = {"water": models["water"], "water_uncompressed": models["water_uncompressed"],
+                  "alloy": models["alloy"], "Cu": default_model_path(),
                   "Cu_K2": equal_width_cu_model(work / "cu_equal_width.pt")}
         systems = speed_systems(args.water, args.alloy)
         runs = {name: {"lammps": [], "lammps_monitors": [], "ipi": []} for name in systems}
@@ -512,7 +516,7 @@ def tables(results: dict) -> str:
         cu = speed.get("Cu")
         out += [f"| system (N = {SPEED_N}) | K | neighbours / atom | LAMMPS katom-steps/s | / Cu | LAMMPS, T² every "
                 "step | on / off | i-PI + mlip-md ipi katom-steps/s | / Cu |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, r in sorted(speed.items(), key=lambda item: ["water", "alloy", "Cu", "Cu_K2"].index(item[0])):
+        for name, r in sorted(speed.items(), key=lambda item: SPEED_ORDER.index(item[0])):
             rel = (lambda key: f"{r[key] / cu[key]:.2f}") if cu else (lambda key: "-")
             out.append(f"| {name} | {r.get('members', '-')} | {fmt(r.get('neighbours_per_atom'), '.0f')} | "
                        f"{r['lammps']:.1f} | {rel('lammps')} | {r['lammps_monitors']:.1f} | "
