@@ -14,8 +14,9 @@ and the benchmark takes their directories:
         [--stages train nve ipi lammps speed] [--retrain] [--output table.md]
 
 Everything runs with one thread per process (OMP_NUM_THREADS=1). The defaults keep each training
-under ~8 minutes on a loaded 2-core machine (3.5 s per member-epoch for water, 12 s for the
-alloy); the whole run takes ~25 minutes, ~20 of them training.
+under ~8 minutes on a loaded 2-core machine (1.5-3.6 s per member-epoch for water, 7-12 s for the
+alloy, depending on the load); the three default trainings take 10-19 minutes, the other stages
+~5 (each --water-channels Q adds one water training).
 
 Stages (each writes its numbers into WORK/results.json; a later call with other --stages keeps
 the earlier ones, and `train` is skipped for a model already in WORK unless --retrain):
@@ -61,6 +62,8 @@ import numpy as np
 
 BIN = Path(sys.prefix) / "bin"
 HERE = Path(__file__).resolve().parent
+#: this environment's console scripts (i-pi, mlip-md, lmp) first, also without an activated venv
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 #: one thread per process: the benchmark numbers are one core
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
@@ -461,10 +464,12 @@ def run_stages(args) -> dict:
                     extra="threads 1 uncertainty_every 1 monitor mahalanobis"))
                 runs[name]["ipi"].append(ipi_speed(model, atoms, folder / "ipi", args.ipi_speed_steps))
         for name, (atoms, _, _) in systems.items():
-            config = read_metadata(chosen[name])["model_config"]
+            meta = read_metadata(chosen[name])
+            config = meta["model_config"]
             each = {key: [r["katom_steps_per_s"] for r in values] for key, values in runs[name].items()}
             save("speed", name, {"atoms": len(atoms), "model": str(chosen[name]), "members": config["ensemble_size"],
-                                 "hidden": config["hidden"], "neighbours_per_atom": neighbours_per_atom(atoms),
+                                 "features": meta.get("n_features"), "hidden": config["hidden"],
+                                 "neighbours_per_atom": neighbours_per_atom(atoms),
                                  **{key: max(v) for key, v in each.items()}, "runs": each,
                                  "lammps_backend": runs[name]["lammps"][-1]["backend"],
                                  "ipi_driver": runs[name]["ipi"][-1]["driver_summary"]})
@@ -482,7 +487,7 @@ def tables(results: dict) -> str:
     if trained:
         out += ["| model | Q (of S n_max) | D | file MB | epochs / member | test E RMSE meV/atom | test F RMSE eV/Å "
                 "| train s / member-epoch | train peak GB | train wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, r in sorted(trained.items(), key=lambda item: (item[1]["system"] != "water", item[0])):
+        for name, r in sorted(trained.items(), key=lambda item: (item[1]["system"] != "water", item[1]["channels"])):
             full = r["uncompressed_channels"] or r["channels"]
             out.append(f"| {name} | {r['channels']} of {full} | {r['features']} | {r['file_mb']:.2f} | "
                        f"{r['epochs_per_member'][0]} | {r['test_energy_rmse_mev_atom']:.2f} | {r['test_force_rmse']:.4f} | "
@@ -514,11 +519,11 @@ def tables(results: dict) -> str:
     speed = results.get("speed", {})
     if speed:
         cu = speed.get("Cu")
-        out += [f"| system (N = {SPEED_N}) | K | neighbours / atom | LAMMPS katom-steps/s | / Cu | LAMMPS, T² every "
-                "step | on / off | i-PI + mlip-md ipi katom-steps/s | / Cu |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [f"| system (N = {SPEED_N}) | D | K | neighbours / atom | LAMMPS katom-steps/s | / Cu | LAMMPS, T² every "
+                "step | on / off | i-PI + mlip-md ipi katom-steps/s | / Cu |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, r in sorted(speed.items(), key=lambda item: SPEED_ORDER.index(item[0])):
             rel = (lambda key: f"{r[key] / cu[key]:.2f}") if cu else (lambda key: "-")
-            out.append(f"| {name} | {r.get('members', '-')} | {fmt(r.get('neighbours_per_atom'), '.0f')} | "
+            out.append(f"| {name} | {r.get('features', '-')} | {r.get('members', '-')} | {fmt(r.get('neighbours_per_atom'), '.0f')} | "
                        f"{r['lammps']:.1f} | {rel('lammps')} | {r['lammps_monitors']:.1f} | "
                        f"{r['lammps_monitors'] / r['lammps']:.2f} | {r['ipi']:.2f} | {rel('ipi')} |")
     return "\n".join(out)
